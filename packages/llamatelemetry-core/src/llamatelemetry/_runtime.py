@@ -1,0 +1,394 @@
+"""``init()`` and ``shutdown()``: the providers llamatelemetry owns, and the one live telemetry handle."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from llamatelemetry._version import __version__
+from llamatelemetry.config import TelemetrySettings, resolve_settings
+from llamatelemetry.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import Meter, MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricReader
+    from opentelemetry.trace import Tracer, TracerProvider
+
+    from llamatelemetry.otel.export import ExportStats, QueueingSpanProcessor
+    from llamatelemetry.semconv.content import CaptureMode
+    from llamatelemetry.semconv.metrics import GenAIMetrics
+
+__all__ = ["Telemetry", "init", "shutdown", "current", "get_tracer", "get_meter", "genai_metrics"]
+
+log = logging.getLogger("llamatelemetry")
+
+INSTRUMENTATION_NAME = "llamatelemetry"
+
+
+@attrs.define(eq=False)
+class Telemetry:
+    """What ``init()`` set up. ``shutdown()`` flushes and releases it; calling it twice is harmless."""
+
+    settings: TelemetrySettings
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider
+    owns_tracer_provider: bool
+    owns_meter_provider: bool
+    span_processor: QueueingSpanProcessor | None
+    export_stats: ExportStats
+    tracer: Tracer
+    meter: Meter
+    metrics: GenAIMetrics
+    is_shut_down: bool = False
+
+    @property
+    def capture_content(self) -> CaptureMode:
+        """Where prompt and completion content is recorded (NO_CONTENT unless opted in)."""
+        return self.settings.capture_content
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Export everything pending now."""
+        ok = True
+        if self.span_processor is not None:
+            ok = self.span_processor.force_flush(timeout_millis) and ok
+        if self.owns_tracer_provider:
+            ok = bool(self.tracer_provider.force_flush(timeout_millis)) and ok  # type: ignore[attr-defined]
+        if hasattr(self.meter_provider, "force_flush"):
+            ok = bool(self.meter_provider.force_flush(timeout_millis)) and ok
+        return ok
+
+    def shutdown(self) -> None:
+        """Stop plugins' background work, flush, and shut down the providers llamatelemetry created."""
+        with _lock:
+            if self.is_shut_down:
+                return
+            self.is_shut_down = True
+        from llamatelemetry.plugins import get_plugin_manager
+
+        try:
+            get_plugin_manager().telemetry_shutdown(self.settings)
+        except Exception:  # the hook caller isolates plugins; this guards the manager itself
+            log.warning("llamatelemetry plugin shutdown failed", exc_info=True)
+        for action, what in (
+            (self._shutdown_traces, "traces"),
+            (self._shutdown_metrics, "metrics"),
+        ):
+            try:
+                action()
+            except Exception:
+                log.warning("llamatelemetry failed to flush %s at shutdown", what, exc_info=True)
+        global _current
+        with _lock:
+            if _current is self:
+                _current = None
+
+    def _shutdown_traces(self) -> None:
+        if self.owns_tracer_provider:
+            self.tracer_provider.shutdown()  # type: ignore[attr-defined]  # also shuts our processor
+        elif self.span_processor is not None:
+            self.span_processor.shutdown()
+
+    def _shutdown_metrics(self) -> None:
+        if self.owns_meter_provider:
+            self.meter_provider.shutdown()  # type: ignore[attr-defined]
+
+
+_lock = threading.RLock()
+_current: Telemetry | None = None
+# Set on providers llamatelemetry created, so a later init() never takes one for the application's.
+_OWNED_MARK = "_llamatelemetry_owned"
+_atexit_registered = False
+
+
+def current() -> Telemetry | None:
+    """The live telemetry handle, or ``None`` before ``init()`` and after ``shutdown()``."""
+    return _current
+
+
+def _app_tracer_provider() -> Any | None:
+    from opentelemetry import trace
+
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider) or getattr(provider, _OWNED_MARK, False):
+        return None
+    return provider
+
+
+def _app_meter_provider() -> Any | None:
+    from opentelemetry import metrics
+
+    provider = metrics.get_meter_provider()
+    try:
+        from opentelemetry.metrics._internal import _ProxyMeterProvider
+    except ImportError:  # pragma: no cover - layout of older API versions
+        return None if type(provider).__name__ == "_ProxyMeterProvider" else provider
+    if isinstance(provider, _ProxyMeterProvider) or getattr(provider, _OWNED_MARK, False):
+        return None
+    return provider
+
+
+def _global_unset(provider: Any) -> bool:
+    # OpenTelemetry lets the global provider be set once per process; only a proxy means "not set yet".
+    return type(provider).__name__ in ("ProxyTracerProvider", "_ProxyMeterProvider")
+
+
+def _build_resource(settings: TelemetrySettings, plugin_attributes: Mapping[str, Any]) -> Any:
+    from opentelemetry.sdk.resources import Resource
+
+    explicit: dict[str, Any] = {
+        "telemetry.distro.name": "llamatelemetry",
+        "telemetry.distro.version": __version__,
+    }
+    # service.name only when it was really given, so OTEL_RESOURCE_ATTRIBUTES' service.name still counts.
+    if settings.service_name != "unknown_service" or "service.name" not in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", ""):
+        explicit["service.name"] = settings.service_name
+    if settings.service_version:
+        explicit["service.version"] = settings.service_version
+    explicit.update(settings.resource_attributes)
+    # Plugins' attributes rank lowest: OTEL_RESOURCE_ATTRIBUTES and init() arguments override them.
+    return Resource(dict(plugin_attributes)).merge(Resource.create(explicit))
+
+
+def init(
+    service_name: str | None = None,
+    otlp_endpoint: str | None = None,
+    enable_gpu: bool | None = None,
+    enable_nccl: bool | None = None,
+    service_version: str | None = None,
+    *,
+    traces_endpoint: str | None = None,
+    metrics_endpoint: str | None = None,
+    protocol: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    traces_exporter: str | None = None,
+    metrics_exporter: str | None = None,
+    output_file: str | os.PathLike[str] | None = None,
+    resource_attributes: Mapping[str, Any] | None = None,
+    sampler: str | None = None,
+    sampler_arg: str | float | None = None,
+    capture_content: str | bool | CaptureMode | None = None,
+    semconv_compat: str | list[str] | tuple[str, ...] | None = None,
+    metric_export_interval_ms: int | None = None,
+    use_existing_providers: bool = True,
+    plugins: Iterable[object] = (),
+    span_queue_size: int = 8192,
+    metric_readers: Iterable[MetricReader] = (),
+    span_processors: Iterable[Any] = (),
+    set_global_providers: bool = True,
+) -> Telemetry:
+    """Set up tracing and metrics for LLM inference and return the telemetry handle.
+
+    With no endpoint (argument or ``OTEL_EXPORTER_OTLP_*ENDPOINT``), telemetry goes to the
+    console (stderr), or to ``output_file`` as JSON lines. Providers the application already set
+    are used, not replaced, unless ``use_existing_providers=False``. Calling ``init()`` again
+    while initialized returns the live handle unchanged (call ``shutdown()`` first to change
+    settings). See the configuration docs for every argument and variable.
+    """
+    global _current, _atexit_registered
+    settings = resolve_settings(
+        service_name=service_name, service_version=service_version, otlp_endpoint=otlp_endpoint,
+        traces_endpoint=traces_endpoint, metrics_endpoint=metrics_endpoint, protocol=protocol,
+        headers=headers, traces_exporter=traces_exporter, metrics_exporter=metrics_exporter,
+        output_file=output_file, resource_attributes=resource_attributes, sampler=sampler,
+        sampler_arg=sampler_arg, capture_content=capture_content, semconv_compat=semconv_compat,
+        enable_gpu=enable_gpu, enable_nccl=enable_nccl, metric_export_interval_ms=metric_export_interval_ms,
+        use_existing_providers=use_existing_providers,
+    )
+    if span_queue_size < 1:
+        raise ConfigurationError(f"span_queue_size={span_queue_size} must be at least 1.")
+    from llamatelemetry.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    pm.ensure_loaded()
+    with _lock:
+        for plugin in plugins:
+            if not pm.is_registered(plugin):
+                pm.register(plugin)
+        if _current is not None:
+            log.warning("llamatelemetry.init() called again while initialized; keeping the existing "
+                        "telemetry (call llamatelemetry.shutdown() first to change its settings)")
+            return _current
+        telemetry = _start(settings, pm, span_queue_size, tuple(metric_readers), tuple(span_processors),
+                           set_global_providers)
+        _current = telemetry
+        if not _atexit_registered:
+            atexit.register(_shutdown_at_exit)
+            _atexit_registered = True
+    if settings.enable_nccl and "torch_distributed" not in pm.instrumentors():
+        log.warning('init(enable_nccl=True): no NCCL instrumentor is installed; install it with: '
+                    'pip install "llamatelemetry-core[nccl]"')
+    pm.telemetry_start(settings, telemetry.tracer_provider, telemetry.meter_provider)
+    log.info("llamatelemetry initialized: %s", settings.describe())
+    return telemetry
+
+
+def _start(settings: TelemetrySettings, pm: Any, queue_size: int, readers: tuple[Any, ...],
+           processors: tuple[Any, ...], set_global: bool) -> Telemetry:
+    from opentelemetry import metrics as metrics_api
+    from opentelemetry import trace as trace_api
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from llamatelemetry.otel.export import ExportStats, PluginSpanExporter, QueueingSpanProcessor
+    from llamatelemetry.otel.exporters import build_metric_exporter, build_span_exporter
+    from llamatelemetry.otel.sampling import configure_sampler
+    from llamatelemetry.semconv import gen_ai
+    from llamatelemetry.semconv.metrics import GenAIMetrics
+
+    stats = ExportStats()
+    if not settings.enabled:
+        # OTEL_SDK_DISABLED=true: no-op providers, nothing exported, nothing made global.
+        noop_tp, noop_mp = trace_api.NoOpTracerProvider(), metrics_api.NoOpMeterProvider()
+        noop_meter = noop_mp.get_meter(INSTRUMENTATION_NAME)
+        return Telemetry(
+            settings=settings, tracer_provider=noop_tp, meter_provider=noop_mp, owns_tracer_provider=False,
+            owns_meter_provider=False, span_processor=None, export_stats=stats,
+            tracer=noop_tp.get_tracer(INSTRUMENTATION_NAME), meter=noop_meter, metrics=GenAIMetrics.create(noop_meter),
+        )
+    resource = _build_resource(settings, pm.resource_attributes(settings))
+
+    # ---- traces
+    app_tp = _app_tracer_provider() if settings.use_existing_providers else None
+    span_processor: QueueingSpanProcessor | None = None
+    exporter_kind = settings.traces.exporter
+    # On an application's provider, add an exporter only when one was asked for explicitly.
+    if app_tp is not None and exporter_kind == "console":
+        exporter_kind = "none"
+    span_exporter = build_span_exporter(
+        exporter_kind, endpoint=settings.traces.endpoint, protocol=settings.traces.protocol,
+        headers=settings.traces.headers, output_file=settings.output_file,
+    )
+    if span_exporter is not None:
+        span_processor = QueueingSpanProcessor(PluginSpanExporter(span_exporter, pm, stats),
+                                               max_queue_size=queue_size, stats=stats)
+    if app_tp is not None:
+        tracer_provider, owns_tp = app_tp, False
+        if span_processor is not None or processors:
+            if not hasattr(app_tp, "add_span_processor"):
+                raise ConfigurationError(
+                    "The application's TracerProvider cannot take span processors, so llamatelemetry cannot "
+                    "export to the endpoint given to init(); pass use_existing_providers=False.")
+            for processor in (span_processor, *processors):
+                if processor is not None:
+                    app_tp.add_span_processor(processor)
+    else:
+        sampler = configure_sampler(settings.sampler or "parentbased_always_on", settings.sampler_arg)
+        tracer_provider = TracerProvider(resource=resource, sampler=sampler)
+        setattr(tracer_provider, _OWNED_MARK, True)
+        owns_tp = True
+        for processor in (span_processor, *processors):
+            if processor is not None:
+                tracer_provider.add_span_processor(processor)
+        if set_global and _global_unset(trace_api.get_tracer_provider()):
+            trace_api.set_tracer_provider(tracer_provider)
+
+    # ---- metrics
+    app_mp = _app_meter_provider() if settings.use_existing_providers else None
+    metric_kind = settings.metrics.exporter
+    if app_mp is not None:
+        meter_provider, owns_mp = app_mp, False
+        if metric_kind in ("otlp", "file") or readers:
+            log.info("llamatelemetry uses the application's MeterProvider; its readers decide where metrics go "
+                     "(pass use_existing_providers=False to export metrics with llamatelemetry's settings)")
+    else:
+        all_readers = list(readers)
+        metric_exporter = build_metric_exporter(
+            metric_kind, endpoint=settings.metrics.endpoint, protocol=settings.metrics.protocol,
+            headers=settings.metrics.headers, output_file=settings.output_file,
+        )
+        if metric_exporter is not None:
+            all_readers.append(PeriodicExportingMetricReader(
+                metric_exporter, export_interval_millis=settings.metric_export_interval_ms))
+        meter_provider = MeterProvider(resource=resource, metric_readers=all_readers)
+        setattr(meter_provider, _OWNED_MARK, True)
+        owns_mp = True
+        if set_global and _global_unset(metrics_api.get_meter_provider()):
+            metrics_api.set_meter_provider(meter_provider)
+
+    tracer = tracer_provider.get_tracer(INSTRUMENTATION_NAME, __version__, schema_url=gen_ai.SCHEMA_URL)
+    meter = meter_provider.get_meter(INSTRUMENTATION_NAME, __version__, schema_url=gen_ai.SCHEMA_URL)
+    _create_pipeline_metrics(meter, stats)
+    return Telemetry(
+        settings=settings, tracer_provider=tracer_provider, meter_provider=meter_provider,
+        owns_tracer_provider=owns_tp, owns_meter_provider=owns_mp, span_processor=span_processor,
+        export_stats=stats, tracer=tracer, meter=meter, metrics=GenAIMetrics.create(meter),
+    )
+
+
+def _create_pipeline_metrics(meter: Meter, stats: ExportStats) -> None:
+    from opentelemetry.metrics import CallbackOptions, Observation
+
+    from llamatelemetry.semconv import llamatelemetry as names
+
+    def counter(name: str, field: str, description: str) -> None:
+        def observe(options: CallbackOptions) -> list[Observation]:
+            return [Observation(getattr(stats, field))]
+
+        meter.create_observable_counter(name, callbacks=[observe], unit="{span}", description=description)
+
+    counter(names.TELEMETRY_SPANS_EXPORTED, "exported", "Spans llamatelemetry exported.")
+    counter(names.TELEMETRY_SPANS_DROPPED, "dropped", "Spans dropped because the export queue was full.")
+    counter(names.TELEMETRY_EXPORT_FAILURES, "failed", "Spans the exporter failed to send.")
+
+
+def shutdown() -> None:
+    """Flush and release what ``init()`` set up; idempotent and safe at interpreter exit."""
+    telemetry = _current
+    if telemetry is not None:
+        telemetry.shutdown()
+
+
+def _shutdown_at_exit() -> None:
+    try:
+        shutdown()
+    except Exception:  # at exit, logging may already be gone: never raise into the interpreter
+        pass
+
+
+# ------------------------------------------------------------------ tracers and meters
+
+_fallback: dict[str, Any] = {}
+
+
+def get_tracer(name: str = INSTRUMENTATION_NAME, version: str | None = None) -> Tracer:
+    """A tracer from llamatelemetry's provider after ``init()``, else from the global provider."""
+    telemetry = _current
+    if telemetry is not None:
+        if name == INSTRUMENTATION_NAME and version is None:
+            return telemetry.tracer
+        return telemetry.tracer_provider.get_tracer(name, version)
+    from opentelemetry import trace
+
+    return trace.get_tracer(name, version or (__version__ if name == INSTRUMENTATION_NAME else None))
+
+
+def get_meter(name: str = INSTRUMENTATION_NAME, version: str | None = None) -> Meter:
+    """A meter from llamatelemetry's provider after ``init()``, else from the global provider."""
+    telemetry = _current
+    if telemetry is not None:
+        if name == INSTRUMENTATION_NAME and version is None:
+            return telemetry.meter
+        return telemetry.meter_provider.get_meter(name, version)
+    from opentelemetry import metrics
+
+    return metrics.get_meter(name, version or (__version__ if name == INSTRUMENTATION_NAME else None))
+
+
+def genai_metrics() -> GenAIMetrics:
+    """The GenAI histograms: llamatelemetry's after ``init()``, else created once on the global meter."""
+    telemetry = _current
+    if telemetry is not None:
+        return telemetry.metrics
+    cached = _fallback.get("metrics")
+    if cached is None:
+        from llamatelemetry.semconv.metrics import GenAIMetrics
+
+        cached = _fallback["metrics"] = GenAIMetrics.create(get_meter())
+    return cached  # type: ignore[no-any-return]

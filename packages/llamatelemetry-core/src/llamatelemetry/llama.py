@@ -1,0 +1,11 @@
+"""``llamatelemetry.llama``: the llama.cpp server client, server manager and in-process backend, from ``llamatelemetry-llamacpp``.
+
+This module is the plugin's own top-level module under the core's name. Without the plugin,
+importing it raises an ImportError whose message is: pip install "llamatelemetry-core[llamacpp]".
+"""
+
+from __future__ import annotations
+
+from llamatelemetry.plugins.catalog import alias_module
+
+alias_module(__name__, "llamacpp")

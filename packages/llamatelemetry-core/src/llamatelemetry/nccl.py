@@ -1,0 +1,11 @@
+"""``llamatelemetry.nccl``: the NCCL and torch.distributed tracing, from ``llamatelemetry-nccl``.
+
+This module is the plugin's own top-level module under the core's name. Without the plugin,
+importing it raises an ImportError whose message is: pip install "llamatelemetry-core[nccl]".
+"""
+
+from __future__ import annotations
+
+from llamatelemetry.plugins.catalog import alias_module
+
+alias_module(__name__, "nccl")

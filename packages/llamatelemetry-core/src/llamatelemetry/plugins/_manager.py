@@ -1,0 +1,376 @@
+"""The plugin manager: entry-point loading, isolation of failing plugins, and a typed facade."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from importlib import metadata
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+import pluggy
+
+from llamatelemetry.plugins import hookspecs
+from llamatelemetry.plugins.records import BackendSpec, InstrumentorSpec, PluginInfo, PresetSpec, StageSpec
+
+if TYPE_CHECKING:
+    import argparse
+
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import Span, TracerProvider
+
+    from llamatelemetry.config import TelemetrySettings
+    from llamatelemetry.inference.base import InferenceRequest, InferenceResult
+    from llamatelemetry.otel.export import ExportSpan
+
+__all__ = ["PluginManager", "get_plugin_manager", "set_plugin_manager", "ENTRY_POINT_GROUP"]
+
+log = logging.getLogger("llamatelemetry.plugins")
+
+ENTRY_POINT_GROUP = "llamatelemetry"
+ENV_ALLOW = "LLAMATELEMETRY_PLUGINS"
+ENV_BLOCK = "LLAMATELEMETRY_DISABLE_PLUGINS"
+ENV_TRACE = "LLAMATELEMETRY_TRACE_PLUGINS"
+
+_RecordT = TypeVar("_RecordT", BackendSpec, InstrumentorSpec, StageSpec, PresetSpec)
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _split_names(value: str) -> set[str]:
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+def _normalize(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+class PluginManager:
+    """Loads plugins once and calls their hooks, so that one broken plugin never breaks the others.
+
+    There is one process-wide instance (``get_plugin_manager()``); tests make fresh ones with
+    ``llamatelemetry.testing.fresh_plugin_manager()``.
+    """
+
+    def __init__(self, *, load_entry_points: bool = True) -> None:
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self._pm.add_hookspecs(hookspecs)
+        self._load_entry_points = load_entry_points
+        self._loaded = False
+        self._lock = threading.RLock()
+        self._infos: dict[str, PluginInfo] = {}
+        self._registry_cache: dict[str, Any] = {}
+        self._conflicts: list[str] = []
+        self._failed_calls: set[tuple[str, str]] = set()
+        self._builtins_registered = False
+        if os.environ.get(ENV_TRACE, "").strip().lower() in _TRUE:
+            self._pm.trace.root.setwriter(sys.stderr.write)
+            self._pm.enable_tracing()
+
+    # ---------------------------------------------------------------- loading
+
+    def ensure_loaded(self) -> None:
+        """Load built-in plugins and installed entry points, once; later calls do nothing."""
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded:
+                return
+            self._register_builtins()
+            if self._load_entry_points:
+                self._load_installed()
+            self._loaded = True
+            self._registry_cache.clear()
+
+    def _register_builtins(self) -> None:
+        if self._builtins_registered:
+            return
+        from llamatelemetry.cli import commands
+
+        self._register(commands, "llamatelemetry.builtin.cli", distribution="llamatelemetry-core",
+                       version=_version_of("llamatelemetry-core"), status="builtin")
+        self._builtins_registered = True
+
+    def _load_installed(self) -> None:
+        allow_raw = os.environ.get(ENV_ALLOW)
+        allow = {_normalize(n) for n in _split_names(allow_raw)} if allow_raw is not None else None
+        block = {_normalize(n) for n in _split_names(os.environ.get(ENV_BLOCK, ""))}
+        entry_points = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+        for ep in entry_points:
+            dist = getattr(ep, "dist", None)
+            dist_name = dist.metadata["Name"] if dist is not None else None
+            dist_version = dist.version if dist is not None else None
+            names = {_normalize(ep.name)} | ({_normalize(dist_name)} if dist_name else set())
+            if names & block:
+                self._infos[ep.name] = PluginInfo(ep.name, dist_name, dist_version, "blocked",
+                                                  error=f"blocked by {ENV_BLOCK}")
+                log.debug("plugin %s (%s %s) blocked by %s", ep.name, dist_name, dist_version, ENV_BLOCK)
+                continue
+            if allow is not None and not names & allow:
+                self._infos[ep.name] = PluginInfo(ep.name, dist_name, dist_version, "not allowed",
+                                                  error=f"not listed in {ENV_ALLOW}")
+                continue
+            if self._pm.get_plugin(ep.name) is not None:
+                continue
+            try:
+                plugin = ep.load()
+                if isinstance(plugin, type):
+                    plugin = plugin()
+                self._register(plugin, ep.name, distribution=dist_name, version=dist_version, status="loaded")
+            except Exception as exc:  # a broken plugin must not stop the others or the application
+                self._infos[ep.name] = PluginInfo(ep.name, dist_name, dist_version, "failed",
+                                                  error=f"{type(exc).__name__}: {exc}")
+                log.warning(
+                    "llamatelemetry plugin %r from %s %s failed to load and is skipped: %s: %s",
+                    ep.name, dist_name or "(unknown distribution)", dist_version or "", type(exc).__name__, exc,
+                )
+
+    def _register(self, plugin: object, name: str, *, distribution: str | None, version: str | None,
+                  status: str) -> str:
+        registered = self._pm.register(plugin, name=name)
+        assert registered is not None
+        self._isolate(plugin, registered)
+        self._infos[registered] = PluginInfo(registered, distribution, version, status)
+        self._registry_cache.clear()
+        return registered
+
+    def _isolate(self, plugin: object, plugin_name: str) -> None:
+        """Wrap each of the plugin's hook implementations so an exception is logged, not raised."""
+        for caller in self._pm.get_hookcallers(plugin) or []:
+            for impl in caller.get_hookimpls():
+                if impl.plugin is not plugin or impl.hookwrapper or impl.wrapper:
+                    continue
+                impl.function = self._guard(impl.function, plugin_name, caller.name)
+
+    def _guard(self, function: Callable[..., Any], plugin_name: str, hook_name: str) -> Callable[..., Any]:
+        failed = self._failed_calls
+
+        @functools.wraps(function)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return function(*args, **kwargs)
+            except Exception as exc:
+                key = (plugin_name, hook_name)
+                if key not in failed:
+                    failed.add(key)
+                    info = self._infos.get(plugin_name)
+                    where = f"{info.distribution} {info.version}" if info and info.distribution else "registered in code"
+                    log.warning(
+                        "llamatelemetry plugin %r (%s) raised in %s; the other plugins still ran "
+                        "(further errors of this hook are logged at debug level)",
+                        plugin_name, where, hook_name, exc_info=True,
+                    )
+                else:
+                    log.debug("plugin %r raised in %s again: %r", plugin_name, hook_name, exc)
+                return None
+
+        return guarded
+
+    # ---------------------------------------------------------------- code registration
+
+    def register(self, plugin: object, name: str | None = None) -> str:
+        """Register an object whose ``@hookimpl`` functions become hook implementations; returns its name."""
+        self.ensure_loaded()
+        with self._lock:
+            plugin_name = name or self._pm.get_canonical_name(plugin)
+            existing = self._pm.get_plugin(plugin_name)
+            if existing is plugin:
+                return plugin_name
+            if existing is not None:
+                raise ValueError(f"A plugin named {plugin_name!r} is already registered; pass another name=.")
+            return self._register(plugin, plugin_name, distribution=None, version=None, status="registered")
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> None:
+        """Remove a plugin registered by ``register`` (by object or by name)."""
+        with self._lock:
+            removed = self._pm.unregister(plugin=plugin, name=name)
+            if removed is not None:
+                for key, value in list(self._infos.items()):
+                    if self._pm.get_plugin(key) is None and value.status in {"registered", "loaded", "builtin"}:
+                        del self._infos[key]
+            self._registry_cache.clear()
+
+    def is_registered(self, plugin: object) -> bool:
+        """Whether ``plugin`` is registered."""
+        return self._pm.is_registered(plugin)
+
+    @property
+    def pluggy_manager(self) -> pluggy.PluginManager:
+        """The underlying pluggy manager, for advanced use (tracing, ``subset_hook_caller``)."""
+        return self._pm
+
+    # ---------------------------------------------------------------- registries
+
+    def _collect(self, hook_name: str, record_type: type[_RecordT]) -> dict[str, _RecordT]:
+        self.ensure_loaded()
+        cached = self._registry_cache.get(hook_name)
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        with self._lock:
+            records: dict[str, _RecordT] = {}
+            caller = getattr(self._pm.hook, hook_name)
+            # Earliest-registered plugin first, so an installed plugin keeps its name against later ones.
+            for impl in reversed(caller.get_hookimpls()):
+                returned = impl.function()
+                if returned is None:
+                    continue
+                plugin_name = impl.plugin_name
+                info = self._infos.get(plugin_name)
+                for record in _as_iterable(returned, plugin_name, hook_name):
+                    if not isinstance(record, record_type):
+                        log.warning("plugin %r returned %r from %s; expected %s records; ignored",
+                                    plugin_name, record, hook_name, record_type.__name__)
+                        continue
+                    distribution = info.distribution if info and info.distribution else plugin_name
+                    record = attrs.evolve(record, distribution=distribution)
+                    for key in (record.name, *getattr(record, "aliases", ())):
+                        key = _registry_key(key)
+                        previous = records.get(key)
+                        if previous is None:
+                            records[key] = record
+                        elif previous != record or previous.distribution != record.distribution:
+                            message = (f"{record_type.__name__} {key!r} is registered by both "
+                                       f"{previous.distribution} and {record.distribution}; "
+                                       f"using the one from {previous.distribution}")
+                            if message not in self._conflicts:
+                                self._conflicts.append(message)
+                                log.warning(message)
+                    self._add_provided(plugin_name, hook_name, record.name)
+            self._registry_cache[hook_name] = records
+            return records
+
+    def _add_provided(self, plugin_name: str, hook_name: str, item: str) -> None:
+        info = self._infos.get(plugin_name)
+        if info is None:
+            return
+        kind = hook_name.removeprefix("llamatelemetry_register_")
+        provides = dict(info.provides)
+        items = provides.get(kind, ())
+        if item not in items:
+            provides[kind] = (*items, item)
+            self._infos[plugin_name] = attrs.evolve(info, provides=provides)
+
+    def backends(self) -> dict[str, BackendSpec]:
+        """Registered backends by name (aliases included), normalized to lowercase."""
+        return self._collect("llamatelemetry_register_backends", BackendSpec)
+
+    def instrumentors(self) -> dict[str, InstrumentorSpec]:
+        """Registered instrumentors by name."""
+        return self._collect("llamatelemetry_register_instrumentors", InstrumentorSpec)
+
+    def stages(self) -> dict[str, StageSpec]:
+        """Registered pipeline stages, keyed ``"kind:name"``."""
+        found = self._collect("llamatelemetry_register_stages", StageSpec)
+        return {f"{spec.kind}:{spec.name}": spec for spec in found.values()}
+
+    def presets(self) -> dict[str, PresetSpec]:
+        """Registered presets by name."""
+        return self._collect("llamatelemetry_register_presets", PresetSpec)
+
+    def conflicts(self) -> list[str]:
+        """Name conflicts found between plugins, as messages naming both distributions."""
+        self.backends()
+        self.instrumentors()
+        self.stages()
+        self.presets()
+        return list(self._conflicts)
+
+    def plugin_infos(self) -> list[PluginInfo]:
+        """Every plugin seen, with its distribution, version, status and what it registers."""
+        self.conflicts()
+        return sorted(self._infos.values(), key=lambda info: (info.status == "builtin", info.name))
+
+    # ---------------------------------------------------------------- typed hook calls
+
+    def has_impls(self, hook_name: str) -> bool:
+        """Whether any plugin implements ``hook_name`` (lets hot paths skip building arguments)."""
+        self.ensure_loaded()
+        return bool(getattr(self._pm.hook, hook_name).get_hookimpls())
+
+    def register_commands(self, subparsers: argparse._SubParsersAction[Any]) -> None:
+        """Call ``llamatelemetry_register_commands``."""
+        self.ensure_loaded()
+        self._pm.hook.llamatelemetry_register_commands(subparsers=subparsers)
+
+    def resource_attributes(self, settings: TelemetrySettings) -> dict[str, Any]:
+        """Merge what ``llamatelemetry_resource_attributes`` returns (earliest plugin wins a clash)."""
+        self.ensure_loaded()
+        merged: dict[str, Any] = {}
+        for returned in self._pm.hook.llamatelemetry_resource_attributes(settings=settings):
+            if isinstance(returned, Mapping):
+                for key, value in returned.items():
+                    merged.setdefault(str(key), value)
+        return merged
+
+    def telemetry_start(self, settings: TelemetrySettings, tracer_provider: TracerProvider,
+                        meter_provider: MeterProvider) -> None:
+        """Call ``llamatelemetry_telemetry_start``."""
+        self.ensure_loaded()
+        self._pm.hook.llamatelemetry_telemetry_start(
+            settings=settings, tracer_provider=tracer_provider, meter_provider=meter_provider
+        )
+
+    def telemetry_shutdown(self, settings: TelemetrySettings) -> None:
+        """Call ``llamatelemetry_telemetry_shutdown``."""
+        self._pm.hook.llamatelemetry_telemetry_shutdown(settings=settings)
+
+    def request_start(self, span: Span, request: InferenceRequest) -> None:
+        """Call ``llamatelemetry_request_start``."""
+        self._pm.hook.llamatelemetry_request_start(span=span, request=request)
+
+    def request_end(self, span: Span, request: InferenceRequest, result: InferenceResult | None,
+                    error: BaseException | None) -> None:
+        """Call ``llamatelemetry_request_end``."""
+        self._pm.hook.llamatelemetry_request_end(span=span, request=request, result=result, error=error)
+
+    def redact_messages(self, messages: list[dict[str, Any]], kind: str) -> None:
+        """Call ``llamatelemetry_redact_messages`` (each implementation mutates ``messages``)."""
+        self._pm.hook.llamatelemetry_redact_messages(messages=messages, kind=kind)
+
+    def export_span(self, span: ExportSpan) -> None:
+        """Call ``llamatelemetry_export_span``."""
+        self._pm.hook.llamatelemetry_export_span(span=span)
+
+
+def _registry_key(name: str) -> str:
+    return name.strip().lower()
+
+
+def _as_iterable(returned: Any, plugin_name: str, hook_name: str) -> Iterator[Any]:
+    if isinstance(returned, (str, bytes)) or not isinstance(returned, Iterable):
+        yield returned
+        return
+    yield from returned
+
+
+def _version_of(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+_manager: PluginManager | None = None
+_manager_lock = threading.Lock()
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide plugin manager (created on first use; plugins load on first need)."""
+    global _manager
+    if _manager is None:
+        with _manager_lock:
+            if _manager is None:
+                _manager = PluginManager()
+    return _manager
+
+
+def set_plugin_manager(manager: PluginManager | None) -> PluginManager | None:
+    """Swap the process-wide plugin manager and return the previous one (for tests)."""
+    global _manager
+    with _manager_lock:
+        previous, _manager = _manager, manager
+    return previous

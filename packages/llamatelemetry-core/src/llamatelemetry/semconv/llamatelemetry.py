@@ -1,0 +1,43 @@
+"""Names under the ``llamatelemetry.*`` namespace: facts that have no standard OTel name yet.
+
+Every name here is listed, with its type and unit, in the telemetry reference of the docs.
+Standard names (``gen_ai.*``, ``hw.*``) are always preferred when one exists.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+NAMESPACE: Final = "llamatelemetry"
+
+# ---- request / response (span attributes)
+REQUEST_ID: Final = "llamatelemetry.request.id"
+#: Seconds the request waited before the backend started on it.
+REQUEST_QUEUE_DELAY: Final = "llamatelemetry.request.queue_delay"
+REQUEST_REPEAT_PENALTY: Final = "llamatelemetry.request.repeat_penalty"
+#: Seconds from the request start to the first generated token, measured by the backend itself.
+RESPONSE_TIME_TO_FIRST_TOKEN: Final = "llamatelemetry.response.time_to_first_token"
+#: Output tokens per second over the whole request.
+RESPONSE_TOKENS_PER_SECOND: Final = "llamatelemetry.response.tokens_per_second"
+#: Output tokens per second after the first token (the decode phase).
+RESPONSE_DECODE_TOKENS_PER_SECOND: Final = "llamatelemetry.response.decode_tokens_per_second"
+#: Prompt tokens per second in the prefill phase.
+RESPONSE_PREFILL_TOKENS_PER_SECOND: Final = "llamatelemetry.response.prefill_tokens_per_second"
+#: Peak GPU memory of the request, bytes. Absent when it cannot be known.
+RESPONSE_VRAM_PEAK: Final = "llamatelemetry.response.vram_peak"
+
+# ---- streaming (span attributes)
+STREAM_CHUNKS: Final = "llamatelemetry.stream.chunks"
+#: True when the consumer stopped iterating before the stream was exhausted.
+STREAM_CLOSED_EARLY: Final = "llamatelemetry.stream.closed_early"
+
+# ---- decorators (span attributes)
+#: "workflow", "task" or "function": what kind of user code the span covers.
+SPAN_KIND: Final = "llamatelemetry.span.kind"
+WORKFLOW_NAME: Final = "llamatelemetry.workflow.name"
+CODE_FUNCTION_NAME: Final = "code.function.name"
+
+# ---- the telemetry pipeline itself (metrics)
+TELEMETRY_SPANS_EXPORTED: Final = "llamatelemetry.telemetry.spans.exported"
+TELEMETRY_SPANS_DROPPED: Final = "llamatelemetry.telemetry.spans.dropped"
+TELEMETRY_EXPORT_FAILURES: Final = "llamatelemetry.telemetry.export.failures"

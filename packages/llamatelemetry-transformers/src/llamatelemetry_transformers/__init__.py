@@ -1,0 +1,7 @@
+"""llamatelemetry's Hugging Face transformers plugin (backend and model instrumentation are to come)."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]
