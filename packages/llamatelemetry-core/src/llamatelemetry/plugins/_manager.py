@@ -67,9 +67,14 @@ class PluginManager:
         self._conflicts: list[str] = []
         self._failed_calls: set[tuple[str, str]] = set()
         self._builtins_registered = False
-        if os.environ.get(ENV_TRACE, "").strip().lower() in _TRUE:
+        self._tracing = os.environ.get(ENV_TRACE, "").strip().lower() in _TRUE
+        if self._tracing:
             self._pm.trace.root.setwriter(sys.stderr.write)
             self._pm.enable_tracing()
+
+    def _trace(self, message: str) -> None:
+        if self._tracing:
+            sys.stderr.write(f"llamatelemetry plugins: {message}\n")
 
     # ---------------------------------------------------------------- loading
 
@@ -116,6 +121,7 @@ class PluginManager:
                 continue
             if self._pm.get_plugin(ep.name) is not None:
                 continue
+            self._trace(f"loading {ep.name!r} = {ep.value} from {dist_name} {dist_version}")
             try:
                 plugin = ep.load()
                 if isinstance(plugin, type):
@@ -214,8 +220,9 @@ class PluginManager:
             records: dict[str, _RecordT] = {}
             caller = getattr(self._pm.hook, hook_name)
             # Earliest-registered plugin first, so an installed plugin keeps its name against later ones.
-            for impl in reversed(caller.get_hookimpls()):
+            for impl in caller.get_hookimpls():
                 returned = impl.function()
+                self._trace(f"{hook_name} [{impl.plugin_name}] -> {returned!r}")
                 if returned is None:
                     continue
                 plugin_name = impl.plugin_name
@@ -282,7 +289,15 @@ class PluginManager:
     def plugin_infos(self) -> list[PluginInfo]:
         """Every plugin seen, with its distribution, version, status and what it registers."""
         self.conflicts()
-        return sorted(self._infos.values(), key=lambda info: (info.status == "builtin", info.name))
+        infos: list[PluginInfo] = []
+        for name, info in self._infos.items():
+            plugin = self._pm.get_plugin(name)
+            hooks = tuple(sorted(
+                caller.name.removeprefix("llamatelemetry_") for caller in self._pm.get_hookcallers(plugin) or []
+                if not caller.name.startswith("llamatelemetry_register_")
+            )) if plugin is not None else ()
+            infos.append(attrs.evolve(info, provides={**info.provides, "hooks": hooks}) if hooks else info)
+        return sorted(infos, key=lambda info: (info.status == "builtin", info.name))
 
     # ---------------------------------------------------------------- typed hook calls
 

@@ -1,0 +1,415 @@
+"""Core overhead benchmarks against the budgets of DESIGN.md section 5; prints one plain-text table.
+
+What it measures (caller-side wall time with ``time.perf_counter_ns``; every figure is the best
+of 5 repeats of the median over several timed batches, after a warm-up):
+
+1. telemetry disabled: ``InferenceEngine(backend).generate(request)`` minus the bare
+   ``backend.generate(request)`` of a trivial in-process backend, with no ``init()`` (<= 10 us);
+2. telemetry enabled: the same after ``llamatelemetry.init(...)`` exporting OTLP/gRPC to a real
+   rotel collector; only the caller's time counts, the export runs on the background thread
+   (<= 200 us); ``capture_content="SPAN_ONLY"`` is reported as info;
+3. per streamed chunk: ``traced_generator(gen, "stream")`` minus iterating ``gen`` bare, and one
+   ``InferenceEvents.record_chunk()`` call (<= 2 us each);
+4. export throughput: 50,000 spans through ``QueueingSpanProcessor`` and the OTLP/gRPC exporter
+   to rotel and on to an in-process sink; sustained spans/s from the first span to the end of
+   ``force_flush`` (>= 5,000/s), with exported/dropped/failed counts that must add up to the
+   spans created, and the number the sink received;
+5. ``import llamatelemetry``: cumulative time from ``python -X importtime``, and the heavy modules
+   (torch, transformers, llama_cpp, pynvml, httpx, grpc, opentelemetry.sdk) it pulls in (none allowed).
+
+It is a report, not a test: it exits 0 even when a budget is over (the verdict column says OVER).
+
+Run it with::
+
+    nox -s perf
+
+or, from the repository root with the dev environment::
+
+    PYTHONPATH=tests .venv/bin/python benchmarks/perf_core.py
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import repeat
+from pathlib import Path
+from typing import Any
+
+import llamatelemetry
+from llamatelemetry.decorators import traced_generator
+from llamatelemetry.inference.base import InferenceRequest, InferenceResult
+from llamatelemetry.inference.engine import InferenceEngine
+from llamatelemetry.inference.events import InferenceEvents
+
+_now = time.perf_counter_ns
+
+REPEATS = 5
+HEAVY_MODULES = ("torch", "transformers", "llama_cpp", "pynvml", "httpx", "grpc", "opentelemetry.sdk")
+EXPORT_SPANS = 50_000
+STREAM_ITEMS = 100_000
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Row:
+    """One line of the result table."""
+
+    measurement: str
+    value: str
+    unit: str
+    budget: str
+    verdict: str
+
+
+ROWS: list[Row] = []
+
+
+def add(measurement: str, value: str, unit: str, budget: str = "-", verdict: str = "info") -> None:
+    """Append a row to the table."""
+    ROWS.append(Row(measurement, value, unit, budget, verdict))
+
+
+def at_most(measurement: str, value_ns: float, budget_us: float) -> None:
+    """A latency row (shown in microseconds) with an upper budget."""
+    value_us = value_ns / 1e3
+    add(measurement, f"{value_us:.2f}", "us", f"<= {budget_us:g} us", "ok" if value_us <= budget_us else "OVER")
+
+
+def failed(measurement: str, budget: str, exc: BaseException) -> None:
+    """A row for a measurement that could not be taken (flagged OVER so it is never missed)."""
+    print(f"perf_core: {measurement} failed:", file=sys.stderr)
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    add(measurement, f"n/a ({type(exc).__name__})", "-", budget, "OVER")
+
+
+def print_table() -> None:
+    """Print the header line and the aligned table."""
+    header = Row("measurement", "value", "unit", "budget", "verdict")
+    rows = [header, *ROWS]
+    widths = [max(len(getattr(r, f)) for r in rows) for f in ("measurement", "value", "unit", "budget", "verdict")]
+
+    def line(r: Row) -> str:
+        return "  ".join((r.measurement.ljust(widths[0]), r.value.rjust(widths[1]), r.unit.ljust(widths[2]),
+                          r.budget.ljust(widths[3]), r.verdict.ljust(widths[4]))).rstrip()
+
+    print()
+    print(f"llamatelemetry {llamatelemetry.__version__} perf_core | Python {platform.python_version()} "
+          f"({platform.python_implementation()}) | {platform.platform()} | {os.cpu_count()} CPUs")
+    print(line(header))
+    print("  ".join("-" * w for w in widths))
+    for r in ROWS:
+        print(line(r))
+    over = sum(r.verdict == "OVER" for r in ROWS)
+    print(f"\n{over} measurement(s) OVER budget" if over else "\nall budgets met")
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def per_call_ns(fn: Callable[[Any], object], arg: Any, calls: int, batches: int) -> float:
+    """Median time of one ``fn(arg)`` call over ``batches`` timed loops of ``calls`` calls."""
+    samples: list[float] = []
+    for _ in range(batches):
+        start = _now()
+        for _ in repeat(None, calls):
+            fn(arg)
+        samples.append((_now() - start) / calls)
+    return statistics.median(samples)
+
+
+def compare_ns(bare: Callable[[Any], object], instrumented: Callable[[Any], object], arg: Any, *, calls: int,
+               batches: int, warmup: int, between: Callable[[], object] | None = None) -> tuple[float, float]:
+    """Best of REPEATS medians for ``bare`` and ``instrumented``, measured alternately so drift cancels."""
+    for _ in range(warmup):
+        bare(arg)
+        instrumented(arg)
+    if between is not None:
+        between()
+    best_bare = best_inst = float("inf")
+    for _ in range(REPEATS):
+        best_bare = min(best_bare, per_call_ns(bare, arg, calls, batches))
+        samples: list[float] = []
+        for _ in range(batches):
+            # ``between`` (a flush, untimed) keeps the span queue from filling up into the drop path.
+            if between is not None:
+                between()
+            samples.append(per_call_ns(instrumented, arg, calls, 1))
+        best_inst = min(best_inst, statistics.median(samples))
+    return best_bare, best_inst
+
+
+def numbers(n: int) -> Iterator[int]:
+    """A plain generator: the stream being instrumented."""
+    for i in range(n):
+        yield i
+
+
+def consume(iterator: Iterator[Any]) -> None:
+    """Iterate to the end the way a consumer does (a for-loop with a body)."""
+    for _ in iterator:
+        pass
+
+
+def per_item_ns(make: Callable[[], Iterator[Any]], items: int) -> float:
+    """Best of REPEATS: time to consume one iterator of ``items`` items, per item."""
+    consume(make())  # warm-up
+    best = float("inf")
+    for _ in range(REPEATS):
+        iterator = make()
+        start = _now()
+        consume(iterator)
+        best = min(best, (_now() - start) / items)
+    return best
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+class NullBackend:
+    """An in-process backend that returns a finished result immediately."""
+
+    provider_name = "perf"
+    model_name = "perf-model"
+
+    def __init__(self) -> None:
+        self._result = InferenceResult(
+            text="Hello there.", ttft_ms=1.5, tps=120.0, input_tokens=12, output_tokens=4, decode_tps=150.0,
+            total_ms=30.0, finish_reason="stop", model="perf-model", response_id="resp-1",
+        )
+
+    def start(self) -> None:
+        """Nothing to load."""
+
+    def generate(self, request: InferenceRequest) -> InferenceResult:
+        """Return the canned result."""
+        return self._result
+
+    def shutdown(self) -> None:
+        """Nothing to release."""
+
+
+REQUEST = InferenceRequest(messages=[{"role": "system", "content": "Be brief."},
+                                     {"role": "user", "content": "Say hello."}], max_tokens=16)
+
+
+# --------------------------------------------------------------------------- 1. disabled
+
+
+def bench_disabled(backend: NullBackend, engine: InferenceEngine) -> None:
+    """Engine overhead per request with telemetry inactive."""
+    name = "1. disabled: engine.generate overhead/request"
+    try:
+        if llamatelemetry.current() is not None:
+            raise RuntimeError("telemetry is already initialized; the disabled case must run first")
+        bare, inst = compare_ns(backend.generate, engine.generate, REQUEST, calls=20_000, batches=5, warmup=5_000)
+        at_most(name, inst - bare, 10)
+        add("   disabled: bare backend.generate/request", f"{bare / 1e3:.3f}", "us")
+    except Exception as exc:
+        failed(name, "<= 10 us", exc)
+
+
+# --------------------------------------------------------------------------- 2 and 3. enabled, streaming
+
+
+def bench_enabled(backend: NullBackend, engine: InferenceEngine, endpoint: str, capture: str | None) -> None:
+    """Caller-side cost per request after init(); also the streaming costs in the default mode."""
+    label = "2. enabled: engine.generate overhead/request" if capture is None else \
+        f"   enabled, capture_content={capture}: overhead/request"
+    telemetry = llamatelemetry.init(service_name="perf", otlp_endpoint=endpoint, metric_export_interval_ms=60_000,
+                                    capture_content=capture)
+    try:
+        processor = telemetry.span_processor
+
+        def flush() -> None:
+            if processor is not None:
+                processor.force_flush(30_000)
+
+        try:
+            bare, inst = compare_ns(backend.generate, engine.generate, REQUEST, calls=1_000, batches=5, warmup=2_000,
+                                    between=flush)
+            if capture is None:
+                at_most(label, inst - bare, 200)
+            else:
+                add(label, f"{(inst - bare) / 1e3:.2f}", "us", "(<= 200 us)", "info")
+            flush()
+            stats = telemetry.export_stats
+            add(f"   {'default' if capture is None else capture}: spans exported / dropped / failed",
+                f"{stats.exported}/{stats.dropped}/{stats.failed}", "spans")
+        except Exception as exc:
+            failed(label, "<= 200 us" if capture is None else "info", exc)
+        if capture is None:
+            bench_streaming(enabled=True)
+    finally:
+        llamatelemetry.shutdown()
+
+
+def bench_streaming(*, enabled: bool) -> None:
+    """traced_generator overhead per item, and record_chunk() per call."""
+    state = "enabled" if enabled else "disabled"
+    name = f"3. traced_generator overhead/item ({state})"
+    try:
+        bare = per_item_ns(lambda: numbers(STREAM_ITEMS), STREAM_ITEMS)
+        traced = per_item_ns(lambda: traced_generator(numbers(STREAM_ITEMS), "stream"), STREAM_ITEMS)
+        if enabled:
+            at_most(name, traced - bare, 2)
+        else:
+            add(name, f"{(traced - bare) / 1e3:.3f}", "us", "(<= 2 us)", "info")
+    except Exception as exc:
+        failed(name, "<= 2 us", exc)
+    if not enabled:
+        return
+    name = "3. InferenceEvents.record_chunk()/call"
+    try:
+        loop_only = per_call_ns(id, None, STREAM_ITEMS, 1)  # the loop plus a trivial C call
+        best = float("inf")
+        for _ in range(REPEATS):
+            events = InferenceEvents()
+            events.record_chunk()  # warm the attribute lookups
+            best = min(best, per_call_ns(lambda _: events.record_chunk(), None, STREAM_ITEMS, 1))
+        at_most(name, max(best - loop_only, 0.0), 2)
+    except Exception as exc:
+        failed(name, "<= 2 us", exc)
+
+
+# --------------------------------------------------------------------------- 4. export throughput
+
+
+def sink_span_count(sink: Any) -> int:
+    """Spans the sink holds, counted on the raw requests (decoding 50k spans per poll is too slow)."""
+    return sum(len(ss.spans) for req in sink.trace_requests() for rs in req.resource_spans for ss in rs.scope_spans)
+
+
+def bench_export(endpoint: str, sink: Any) -> None:
+    """Sustained export rate through QueueingSpanProcessor and the OTLP/gRPC exporter to rotel."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from llamatelemetry.otel.export import QueueingSpanProcessor
+    from llamatelemetry.otel.exporters import build_otlp_exporter
+
+    name = "4. export: sustained throughput"
+    processor = QueueingSpanProcessor(build_otlp_exporter(endpoint, protocol="grpc"))
+    provider = TracerProvider(resource=Resource.create({"service.name": "perf-export"}))
+    provider.add_span_processor(processor)
+    try:
+        tracer = provider.get_tracer("perf_core")
+        attributes = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "perf",
+                      "gen_ai.request.model": "perf-model", "gen_ai.usage.input_tokens": 12,
+                      "gen_ai.usage.output_tokens": 4}
+        start = _now()
+        for _ in range(EXPORT_SPANS):
+            tracer.start_span("chat perf-model", attributes=attributes).end()
+        created_at = _now()
+        flushed = processor.force_flush(60_000)
+        done = _now()
+        stats = processor.stats
+        rate = stats.exported / ((done - start) / 1e9)
+        add(name, f"{rate:,.0f}", "spans/s", ">= 5,000 spans/s", "ok" if rate >= 5_000 and flushed else "OVER")
+        add("   export: span creation rate (caller)", f"{EXPORT_SPANS / ((created_at - start) / 1e9):,.0f}", "spans/s")
+        add("   export: first span -> flush done", f"{(done - start) / 1e9:.2f}", "s")
+        accounted = stats.exported + stats.dropped + stats.failed + stats.filtered
+        add(f"4. export: exported/dropped/failed of {EXPORT_SPANS:,}",
+            f"{stats.exported}/{stats.dropped}/{stats.failed}", "spans", "sum == created",
+            "ok" if accounted == EXPORT_SPANS else "OVER")
+        deadline = time.monotonic() + 30
+        received = sink_span_count(sink)
+        while received < stats.exported and time.monotonic() < deadline:
+            time.sleep(0.1)
+            received = sink_span_count(sink)
+        add("   export: spans received by the sink", f"{received}", "spans", "== exported",
+            "ok" if received == stats.exported else "OVER")
+    except Exception as exc:
+        failed(name, ">= 5,000 spans/s", exc)
+    finally:
+        provider.shutdown()
+
+
+# --------------------------------------------------------------------------- 5. import
+
+
+def bench_import() -> None:
+    """``-X importtime`` cumulative time of llamatelemetry, and the heavy modules it imports."""
+    name = "5. import llamatelemetry (-X importtime)"
+    try:
+        times: list[int] = []
+        for _ in range(REPEATS + 1):  # the first run may compile bytecode: discarded
+            proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import llamatelemetry"],
+                                  capture_output=True, text=True, check=True)
+            cumulative = 0
+            for text in proc.stderr.splitlines():
+                parts = text.split("|")
+                if len(parts) == 3 and parts[2].rstrip() == " llamatelemetry":
+                    cumulative += int(parts[1])
+            times.append(cumulative)
+        add(name, f"{min(times[1:]) / 1e3:.1f}", "ms", "(measured)", "info")
+    except Exception as exc:
+        failed(name, "(measured)", exc)
+    name = "5. heavy modules after import llamatelemetry"
+    try:
+        code = ("import json, sys, llamatelemetry; "
+                f"print(json.dumps([m for m in {list(HEAVY_MODULES)!r} if m in sys.modules]))")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        heavy: list[str] = json.loads(proc.stdout.strip().splitlines()[-1])
+        add(name, ",".join(heavy) or "none", "modules", "no heavy modules", "OVER" if heavy else "ok")
+    except Exception as exc:
+        failed(name, "no heavy modules", exc)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def with_collector(workdir: Path, label: str, budget: str, body: Callable[[Any, Any], None]) -> None:
+    """Run ``body(collector, sink)`` against a fresh rotel collector; a start failure becomes a row."""
+    try:
+        from otlp_sink import running_collector
+    except ImportError as exc:  # run without PYTHONPATH=tests
+        failed(label, budget, exc)
+        return
+    try:
+        with running_collector(workdir) as (collector, sink):
+            body(collector, sink)
+    except Exception as exc:
+        failed(label, budget, exc)
+
+
+def main() -> int:
+    """Run every measurement and print the table."""
+    print("perf_core: measuring (about a minute)...", file=sys.stderr)
+    gc.collect()
+    backend = NullBackend()
+    engine = InferenceEngine(backend).start()
+    try:
+        bench_disabled(backend, engine)
+        bench_streaming(enabled=False)
+        with tempfile.TemporaryDirectory(prefix="perf_core-") as tmp:
+            def enabled(collector: Any, sink: Any) -> None:
+                bench_enabled(backend, engine, collector.grpc_endpoint, None)
+                bench_enabled(backend, engine, collector.grpc_endpoint, "SPAN_ONLY")
+
+            with_collector(Path(tmp) / "enabled", "2. enabled: engine.generate overhead/request", "<= 200 us",
+                           enabled)
+            with_collector(Path(tmp) / "export", "4. export: sustained throughput", ">= 5,000 spans/s",
+                           lambda collector, sink: bench_export(collector.grpc_endpoint, sink))
+    finally:
+        engine.shutdown()
+        llamatelemetry.shutdown()
+    bench_import()
+    print_table()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Every repo command: tests, lint, typecheck, perf, docs. Each session sets up its own environment.
+
+    python3 -m pip install nox && nox -s tests
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PACKAGES = ["core", "llamacpp", "transformers", "nccl", "unsloth", "kaggle"]
+PACKAGE_DIRS = [f"packages/llamatelemetry-{name}" for name in PACKAGES]
+TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "rotel==0.0.1a15", "opentelemetry-proto>=1.27", "grpcio>=1.60",
+             "build>=1.2"]
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = False
+
+
+def _install_packages(session: nox.Session) -> None:
+    editable: list[str] = []
+    for directory in PACKAGE_DIRS:
+        editable += ["-e", directory]
+    session.install(*editable)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Install every distribution and the real components the tests start, then run pytest."""
+    _install_packages(session)
+    session.install(*TEST_DEPS)
+    args = session.posargs or ["tests"]
+    # Exit code 5 is pytest's "no tests collected" (a -k filter that matches nothing): not a failure.
+    session.run("pytest", *args, success_codes=[0, 5], env={"PYTHONDONTWRITEBYTECODE": "1"})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the packages, tests, benchmarks and this file."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "packages", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy (strict) over every distribution's source."""
+    _install_packages(session)
+    session.install("mypy>=1.11", "pytest>=8")
+    session.run("mypy", *[f"{d}/src" for d in PACKAGE_DIRS])
+
+
+@nox.session
+def perf(session: nox.Session) -> None:
+    """Benchmarks that print tables against the budgets of DESIGN.md section 5."""
+    _install_packages(session)
+    session.install("rotel==0.0.1a15", "opentelemetry-proto>=1.27", "grpcio>=1.60")
+    session.run("python", "benchmarks/perf_core.py", *session.posargs, env={"PYTHONPATH": os.fspath(ROOT / "tests")})

@@ -1,0 +1,131 @@
+"""Shared fixtures: a real OTLP collector, fake installed distributions, GPU detection, clean state."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).parent
+ROOT = TESTS_DIR.parent
+
+
+def _nvidia_gpu_present() -> bool:
+    try:
+        import pynvml  # type: ignore[import-not-found]
+
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+        pynvml.nvmlShutdown()
+        return bool(count)
+    except Exception:
+        pass
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False
+    try:
+        return subprocess.run([smi, "-L"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``gpu``-marked tests where no NVIDIA GPU is present."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if gpu_items and not _nvidia_gpu_present():
+        skip = pytest.mark.skip(reason="needs an NVIDIA GPU (NVML or nvidia-smi found none)")
+        for item in gpu_items:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _clean_telemetry() -> Iterator[None]:
+    """Every test starts and ends without live telemetry and with the process-wide plugin manager."""
+    import llamatelemetry
+    from llamatelemetry.plugins import get_plugin_manager, set_plugin_manager
+
+    llamatelemetry.shutdown()
+    manager = get_plugin_manager()
+    yield
+    llamatelemetry.shutdown()
+    set_plugin_manager(manager)
+
+
+@pytest.fixture(scope="session")
+def collector_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder for collector logs."""
+    return tmp_path_factory.mktemp("collector")
+
+
+@pytest.fixture
+def otlp_collector(tmp_path: Path) -> Iterator[tuple[object, object]]:
+    """A real rotel collector forwarding to a gRPC sink: ``(collector, sink)``; stopped after the test."""
+    otlp_sink = pytest.importorskip("otlp_sink")
+    if otlp_sink.rotel_binary() is None:
+        pytest.skip("rotel not installed (pip install rotel)")
+    with otlp_sink.running_collector(tmp_path) as (collector, sink):
+        yield collector, sink
+
+
+class FakeDistributions:
+    """Writes real installed-distribution metadata (dist-info with entry points) into a folder on sys.path.
+
+    These are genuine distributions as importlib.metadata sees them; only their code is small.
+    """
+
+    def __init__(self, site: Path) -> None:
+        self.site = site
+
+    def add(self, name: str, version: str, modules: dict[str, str], entry_points: dict[str, str]) -> None:
+        """Create distribution ``name`` with module files and ``llamatelemetry`` entry points."""
+        for module, source in modules.items():
+            path = self.site / (module.replace(".", "/") + ".py")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(textwrap.dedent(source))
+        normalized = name.replace("-", "_")
+        info = self.site / f"{normalized}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        lines = "\n".join(f"{key} = {value}" for key, value in entry_points.items())
+        (info / "entry_points.txt").write_text(f"[llamatelemetry]\n{lines}\n")
+        (info / "RECORD").write_text("")
+        importlib.invalidate_caches()
+
+    def env(self) -> dict[str, str]:
+        """Environment for a subprocess that should see these distributions."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.site), env.get("PYTHONPATH")]))
+        return env
+
+
+@pytest.fixture
+def fake_dists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDistributions]:
+    """Fake installed distributions on sys.path for this test (removed afterwards)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    before = set(sys.modules)
+    yield FakeDistributions(site)
+    for name in set(sys.modules) - before:
+        module = sys.modules.get(name)
+        if module is not None and str(getattr(module, "__file__", "") or "").startswith(str(site)):
+            del sys.modules[name]
+    importlib.invalidate_caches()
+
+
+@pytest.fixture
+def run_python() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run Python code in a fresh interpreter (this venv); returns the completed process."""
+
+    def run(code: str, *, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                              env=env if env is not None else dict(os.environ), timeout=timeout)
+
+    return run

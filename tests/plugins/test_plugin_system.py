@@ -1,0 +1,362 @@
+"""The plugin system against installed (fake) distributions: loading, isolation, env switches, registries."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+import llamatelemetry
+from llamatelemetry.errors import BackendNotFoundError, BackendStartError, PluginNotInstalledError
+from llamatelemetry.inference import InferenceRequest, InferenceResult, create_engine
+from llamatelemetry.plugins import BackendSpec, PluginManager, hookimpl, register_plugin, unregister_plugin
+from llamatelemetry.testing import InMemoryTelemetry, fresh_plugin_manager
+
+GOOD_PLUGIN = """
+from llamatelemetry.plugins import BackendSpec, PresetSpec, hookimpl
+
+LOADS = []
+
+@hookimpl
+def llamatelemetry_register_backends():
+    LOADS.append(1)
+    return [BackendSpec(name="good-echo", factory="good_backend:EchoBackend", aliases=["goodecho"],
+                        provider_name="good")]
+
+@hookimpl
+def llamatelemetry_register_presets():
+    return [PresetSpec(name="good-preset", values={"gpu_layers": 1})]
+
+@hookimpl
+def llamatelemetry_request_start(span, request):
+    span.set_attribute("good.saw_request", request.request_id)
+"""
+
+GOOD_BACKEND = """
+from llamatelemetry.inference import InferenceResult
+
+class EchoBackend:
+    provider_name = "good"
+    model_name = "echo-model"
+
+    def __init__(self, **options):
+        self.options = options
+        self.running = False
+
+    def start(self):
+        self.running = True
+
+    def generate(self, request):
+        words = request.prompt_text.split()[: request.max_tokens]
+        return InferenceResult(text=" ".join(words), input_tokens=len(request.prompt_text.split()),
+                               output_tokens=len(words), finish_reason="stop", request_id=request.request_id)
+
+    def shutdown(self):
+        self.running = False
+"""
+
+BROKEN_IMPORT = """
+raise RuntimeError("this plugin is broken on purpose")
+"""
+
+RAISING_PLUGIN = """
+from llamatelemetry.plugins import hookimpl
+
+CALLS = []
+
+@hookimpl
+def llamatelemetry_request_start(span, request):
+    CALLS.append(request.request_id)
+    raise ValueError("enricher bug")
+"""
+
+
+def _install_standard(fake_dists: Any) -> None:
+    fake_dists.add("good-plugin", "1.4.2", {"good_plugin": GOOD_PLUGIN, "good_backend": GOOD_BACKEND},
+                   {"good": "good_plugin"})
+    fake_dists.add("broken-plugin", "0.0.1", {"broken_plugin": BROKEN_IMPORT}, {"broken": "broken_plugin"})
+    fake_dists.add("raising-plugin", "2.0.0", {"raising_plugin": RAISING_PLUGIN}, {"raising": "raising_plugin"})
+
+
+def _request(text: str = "one two three four") -> InferenceRequest:
+    return InferenceRequest(messages=[{"role": "user", "content": text}], max_tokens=3)
+
+
+def test_installed_plugin_is_loaded_with_its_distribution(fake_dists: Any) -> None:
+    _install_standard(fake_dists)
+    with fresh_plugin_manager(load_entry_points=True) as pm:
+        infos = {info.name: info for info in pm.plugin_infos()}
+        assert infos["good"].distribution == "good-plugin"
+        assert infos["good"].version == "1.4.2"
+        assert infos["good"].status == "loaded"
+        assert infos["good"].provides["backends"] == ("good-echo",)
+        assert "good-echo" in pm.backends() and "goodecho" in pm.backends()
+        assert pm.backends()["good-echo"].distribution == "good-plugin"
+        assert "good-preset" in pm.presets()
+
+
+def test_broken_plugin_is_logged_and_skipped(fake_dists: Any, caplog: pytest.LogCaptureFixture) -> None:
+    _install_standard(fake_dists)
+    with caplog.at_level(logging.WARNING, logger="llamatelemetry.plugins"), \
+            fresh_plugin_manager(load_entry_points=True) as pm:
+        infos = {info.name: info for info in pm.plugin_infos()}
+    assert infos["broken"].status == "failed"
+    assert "broken on purpose" in (infos["broken"].error or "")
+    assert infos["good"].status == "loaded", "one broken plugin must not stop the others"
+    messages = [r.getMessage() for r in caplog.records if "broken" in r.getMessage()]
+    assert messages and "broken-plugin" in messages[0] and "0.0.1" in messages[0]
+
+
+def test_raising_hook_is_logged_once_and_other_plugins_still_run(fake_dists: Any,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    _install_standard(fake_dists)
+    with fresh_plugin_manager(load_entry_points=True), InMemoryTelemetry() as telemetry, \
+            caplog.at_level(logging.DEBUG, logger="llamatelemetry.plugins"):
+        with create_engine("good-echo") as engine:
+            first = engine.generate(_request())
+            second = engine.generate(_request())
+        assert first.text == "one two three" and second.text == "one two three"
+        spans = telemetry.spans()
+        assert [s.attributes["good.saw_request"] for s in spans] == [first.request_id, second.request_id]
+    raising = sys.modules["raising_plugin"]
+    assert raising.CALLS == [first.request_id, second.request_id]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "raising" in r.getMessage()]
+    assert len(warnings) == 1, "the first failure is a warning, later ones debug"
+    assert "raising-plugin 2.0.0" in warnings[0].getMessage()
+    assert "llamatelemetry_request_start" in warnings[0].getMessage()
+
+
+def test_plugins_load_once_and_lazily(fake_dists: Any) -> None:
+    _install_standard(fake_dists)
+    with fresh_plugin_manager(load_entry_points=True) as pm:
+        assert "good_plugin" not in sys.modules or not sys.modules["good_plugin"].LOADS
+        pm.backends()
+        pm.backends()
+        pm.ensure_loaded()
+        assert sys.modules["good_plugin"].LOADS == [1], "registration hooks run once per manager"
+
+
+def test_import_llamatelemetry_loads_no_plugin_but_init_does(fake_dists: Any, run_python: Any) -> None:
+    _install_standard(fake_dists)
+    result = run_python(
+        """
+        import sys, llamatelemetry
+        before = "good_plugin" in sys.modules
+        llamatelemetry.init(service_name="t", traces_exporter="none", metrics_exporter="none")
+        after = "good_plugin" in sys.modules
+        llamatelemetry.shutdown()
+        print(before, after)
+        """,
+        env=fake_dists.env(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("LLAMATELEMETRY_DISABLE_PLUGINS", "good-plugin", {"good": "blocked"}),
+        ("LLAMATELEMETRY_DISABLE_PLUGINS", "good", {"good": "blocked"}),
+        ("LLAMATELEMETRY_PLUGINS", "raising", {"good": "not allowed", "raising": "loaded"}),
+        ("LLAMATELEMETRY_PLUGINS", "", {"good": "not allowed", "raising": "not allowed"}),
+    ],
+)
+def test_allow_and_block_lists(fake_dists: Any, monkeypatch: pytest.MonkeyPatch, variable: str, value: str,
+                               expected: dict[str, str]) -> None:
+    _install_standard(fake_dists)
+    monkeypatch.setenv(variable, value)
+    with fresh_plugin_manager(load_entry_points=True) as pm:
+        statuses = {info.name: info.status for info in pm.plugin_infos()}
+        for name, status in expected.items():
+            assert statuses[name] == status
+        if expected.get("good") != "loaded":
+            assert "good-echo" not in pm.backends()
+
+
+def test_trace_plugins_writes_hook_calls_to_stderr(fake_dists: Any, run_python: Any) -> None:
+    _install_standard(fake_dists)
+    env = fake_dists.env()
+    env["LLAMATELEMETRY_TRACE_PLUGINS"] = "1"
+    result = run_python("from llamatelemetry.plugins import get_plugin_manager; get_plugin_manager().backends()",
+                        env=env)
+    assert result.returncode == 0, result.stderr
+    assert "llamatelemetry_register_backends" in result.stderr
+
+
+def test_backend_name_conflict_names_both_distributions(fake_dists: Any) -> None:
+    _install_standard(fake_dists)
+    fake_dists.add("other-plugin", "3.1.0", {"other_plugin": GOOD_PLUGIN.replace("LOADS = []", "LOADS = []  # twin")},
+                   {"other": "other_plugin"})
+    with fresh_plugin_manager(load_entry_points=True) as pm:
+        conflicts = pm.conflicts()
+        assert pm.backends()["good-echo"].distribution == "good-plugin", "the first loaded keeps the name"
+    assert any("good-plugin" in c and "other-plugin" in c and "good-echo" in c for c in conflicts)
+
+
+def test_register_plugin_and_init_plugins_without_packaging(fake_dists: Any) -> None:
+    fake_dists.add("good-backend-only", "1.0", {"good_backend": GOOD_BACKEND}, {})
+    seen: list[str] = []
+
+    class Tenant:
+        @hookimpl
+        def llamatelemetry_request_start(self, span: Any, request: InferenceRequest) -> None:
+            seen.append(request.request_id)
+            span.set_attribute("app.tenant", "acme")
+
+    class Backends:
+        @hookimpl
+        def llamatelemetry_register_backends(self) -> list[BackendSpec]:
+            return [BackendSpec(name="inline", factory="good_backend:EchoBackend")]
+
+    with fresh_plugin_manager() as pm:
+        register_plugin(Backends())
+        tenant = Tenant()
+        with InMemoryTelemetry(plugins=[tenant]) as telemetry, create_engine("inline") as engine:
+            result = engine.generate(_request())
+            assert telemetry.spans()[0].attributes["app.tenant"] == "acme"
+        assert seen == [result.request_id]
+        unregister_plugin(tenant)
+        assert not pm.is_registered(tenant)
+
+
+def test_register_refuses_a_second_plugin_under_the_same_name() -> None:
+    class A:
+        pass
+
+    with fresh_plugin_manager() as pm:
+        pm.register(A(), name="dup")
+        with pytest.raises(ValueError, match="already registered"):
+            pm.register(A(), name="dup")
+
+
+def test_unknown_backend_lists_installed_and_install_command(fake_dists: Any) -> None:
+    _install_standard(fake_dists)
+    with fresh_plugin_manager(load_entry_points=True):
+        with pytest.raises(BackendNotFoundError) as caught:
+            create_engine("transformers")
+        message = str(caught.value)
+        assert "good-echo" in message
+        assert "llamatelemetry-core[transformers]" in message or "llamatelemetry-transformers" in message
+        with pytest.raises(BackendNotFoundError, match="no-such-engine.*good-echo"):
+            create_engine("no-such-engine")
+
+
+def test_backend_that_cannot_be_created_or_started_raises_clearly(fake_dists: Any) -> None:
+    fake_dists.add("bad-backends", "1.0", {
+        "bad_backends": """
+            from llamatelemetry.plugins import BackendSpec, hookimpl
+
+            @hookimpl
+            def llamatelemetry_register_backends():
+                return [BackendSpec(name="missing-module", factory="no_such_module_xyz:Backend"),
+                        BackendSpec(name="fails-start", factory="bad_backends:FailsStart")]
+
+            class FailsStart:
+                shut = []
+                def start(self):
+                    raise OSError("model file not found: /nope.gguf")
+                def generate(self, request):
+                    raise AssertionError("never called")
+                def shutdown(self):
+                    FailsStart.shut.append(True)
+            """}, {"bad": "bad_backends"})
+    with fresh_plugin_manager(load_entry_points=True):
+        with pytest.raises(BackendStartError, match="missing-module.*bad-backends.*could not be imported"):
+            create_engine("missing-module")
+        engine = create_engine("fails-start")
+        with pytest.raises(BackendStartError, match=r"fails-start.*OSError: model file not found") as caught:
+            engine.start()
+        assert isinstance(caught.value.__cause__, OSError)
+        assert sys.modules["bad_backends"].FailsStart.shut == [True], "a failed start leaves nothing running"
+        with pytest.raises(BackendStartError, match=r"does not accept these options \(model_path\)"):
+            create_engine("fails-start", model_path="/nope.gguf")
+
+
+def test_plugins_cli_lists_versions_and_registrations(fake_dists: Any) -> None:
+    _install_standard(fake_dists)
+    command = [sys.executable, "-m", "llamatelemetry", "plugins", "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, env=fake_dists.env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    by_name = {p["name"]: p for p in data["plugins"]}
+    assert by_name["good"]["version"] == "1.4.2"
+    assert by_name["good"]["provides"]["backends"] == ["good-echo"]
+    assert by_name["broken"]["status"] == "failed"
+    assert by_name["llamacpp"]["distribution"] == "llamatelemetry-llamacpp"
+    table = subprocess.run(command[:-1], capture_output=True, text=True, env=fake_dists.env(), timeout=120)
+    assert table.returncode == 0
+    assert "good-plugin" in table.stdout and "1.4.2" in table.stdout and "good-echo" in table.stdout
+
+
+@pytest.mark.parametrize(("module", "extra"), [("llama", "llamacpp"), ("nccl", "nccl"), ("unsloth", "unsloth"),
+                                               ("kaggle", "kaggle")])
+def test_plugin_import_paths_without_the_plugin_give_the_install_command(run_python: Any, module: str,
+                                                                         extra: str) -> None:
+    # sys.modules[name] = None is how Python itself marks a module as not importable.
+    result = run_python(f"""
+        import sys
+        sys.modules["llamatelemetry_{extra}"] = None
+        try:
+            import llamatelemetry.{module}
+        except ImportError as exc:
+            print(type(exc).__name__, "|", exc)
+        """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("PluginNotInstalledError |")
+    assert f'pip install "llamatelemetry-core[{extra}]"' in result.stdout
+
+
+def test_plugin_import_paths_with_the_plugin_installed_resolve_to_it() -> None:
+    import llamatelemetry.llama as llama
+    import llamatelemetry_llamacpp
+
+    assert llama is llamatelemetry_llamacpp
+    assert "kaggle_t4_dual" in llama.PRESETS
+
+
+def test_backends_module_names_the_missing_plugin(run_python: Any) -> None:
+    result = run_python("""
+        import sys
+        sys.modules["llamatelemetry_transformers"] = None
+        try:
+            from llamatelemetry.backends import TransformersBackend
+        except ImportError as exc:
+            print(exc)
+        """)
+    assert 'pip install "llamatelemetry-core[transformers]"' in result.stdout, result.stderr
+
+
+def test_sdk_instrument_without_plugin_gives_install_command() -> None:
+    from llamatelemetry.sdk import instrument_transformers
+
+    with fresh_plugin_manager(), pytest.raises(PluginNotInstalledError, match=r"llamatelemetry-core\[transformers\]"):
+        instrument_transformers(object())
+
+
+def test_fresh_manager_isolation_helper() -> None:
+    with fresh_plugin_manager() as pm:
+        assert isinstance(pm, PluginManager)
+        assert llamatelemetry.plugins.get_plugin_manager() is pm
+        assert pm.backends() == {}
+    assert llamatelemetry.plugins.get_plugin_manager() is not pm
+
+
+def test_engine_result_type_is_checked() -> None:
+    class Wrong:
+        def start(self) -> None: ...
+        def shutdown(self) -> None: ...
+        def generate(self, request: InferenceRequest) -> Any:
+            return {"text": "not a result"}
+
+    from llamatelemetry.inference import InferenceEngine
+
+    with InMemoryTelemetry() as telemetry, InferenceEngine(Wrong()) as engine:
+        with pytest.raises(TypeError, match="not an InferenceResult"):
+            engine.generate(_request())
+        assert telemetry.spans()[0].status.status_code.name == "ERROR"
+    assert isinstance(InferenceResult(text=""), InferenceResult)
