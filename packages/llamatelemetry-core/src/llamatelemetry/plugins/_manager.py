@@ -39,6 +39,9 @@ ENV_TRACE = "LLAMATELEMETRY_TRACE_PLUGINS"
 _RecordT = TypeVar("_RecordT", BackendSpec, InstrumentorSpec, StageSpec, PresetSpec)
 
 _TRUE = {"1", "true", "yes", "on"}
+# Registration hooks whose records are listed by kind; other hooks are listed by name.
+_RECORD_HOOKS = frozenset({"llamatelemetry_register_backends", "llamatelemetry_register_instrumentors",
+                           "llamatelemetry_register_stages", "llamatelemetry_register_presets"})
 
 
 def _split_names(value: str) -> set[str]:
@@ -294,7 +297,7 @@ class PluginManager:
             plugin = self._pm.get_plugin(name)
             hooks = tuple(sorted(
                 caller.name.removeprefix("llamatelemetry_") for caller in self._pm.get_hookcallers(plugin) or []
-                if not caller.name.startswith("llamatelemetry_register_")
+                if caller.name not in _RECORD_HOOKS
             )) if plugin is not None else ()
             infos.append(attrs.evolve(info, provides={**info.provides, "hooks": hooks}) if hooks else info)
         return sorted(infos, key=lambda info: (info.status == "builtin", info.name))
