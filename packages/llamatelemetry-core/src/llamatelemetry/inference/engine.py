@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+
+import attrs
 from llamatelemetry.errors import BackendNotStartedError, BackendStartError, ValidationError
 from llamatelemetry.inference.base import InferenceRequest, InferenceResult, LLMBackend
 from llamatelemetry.semconv import gen_ai
@@ -27,6 +29,13 @@ def telemetry_active() -> bool:
     if telemetry is not None:
         return telemetry.settings.enabled
     return _app_tracer_provider() is not None
+
+
+def _with_request_id(result: InferenceResult, request: InferenceRequest) -> InferenceResult:
+    # Every result names its request, whichever backend produced it.
+    if isinstance(result, InferenceResult) and result.request_id is None:
+        return attrs.evolve(result, request_id=request.request_id)
+    return result
 
 
 class InferenceEngine:
@@ -91,7 +100,7 @@ class InferenceEngine:
             raise BackendNotStartedError(f"Engine {self.name!r} is not started: call engine.start() "
                                          "(or use it in a with-block) before generate().")
         if not telemetry_active():
-            return self.backend.generate(request)
+            return _with_request_id(self.backend.generate(request), request)
         return self._generate_traced(request)
 
     def _generate_traced(self, request: InferenceRequest) -> InferenceResult:
@@ -139,6 +148,7 @@ class InferenceEngine:
                 record_error(span, error)
                 pm.request_end(span, request, None, error)
                 raise error
+            result = _with_request_id(result, request)
             span.set_attributes(with_compat(response_attributes(result)))
             record_content(span, capture, input_messages=request.messages, output_text=result.text,
                            finish_reason=result.finish_reason)
