@@ -122,6 +122,28 @@ def test_stop_accepts_string_or_list() -> None:
     assert SamplingParams(stop=("x",)).stop == ("x",)
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: types._number accepts +/-inf, so temperature=inf and "
+                                       "repeat_penalty=inf pass validation (and cannot be sent as JSON)")
+@pytest.mark.parametrize("field", ["temperature", "repeat_penalty"])
+def test_infinite_numbers_rejected(field: str) -> None:
+    with pytest.raises(ValidationError) as excinfo:
+        SamplingParams(**{field: math.inf})
+    assert excinfo.value.field == field
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: the stop converter calls tuple(v) unguarded, so stop=None or stop=5 "
+                                       "raises a bare TypeError instead of meaning 'no stop' / ValidationError")
+@pytest.mark.parametrize("stop", [None, 5])
+def test_stop_none_or_non_iterable_is_not_a_bare_type_error(stop: Any) -> None:
+    # OpenAI-style clients pass stop=None for "no stop sequences"; either reading is fine, a TypeError is not.
+    try:
+        params = SamplingParams(stop=stop)
+    except ValidationError as exc:
+        assert exc.field == "stop"
+    else:
+        assert stop is None and params.stop == ()
+
+
 # ----------------------------------------------------------------------------- CudaInferenceConfig
 
 

@@ -20,7 +20,8 @@ def test_extras_install_the_named_plugins_from_a_wheel_folder(tmp_path: Path) ->
     wheels = tmp_path / "wheels"
     for name in DISTRIBUTIONS:
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels),
-                        str(ROOT / "packages" / f"llamatelemetry-{name}")], check=True, capture_output=True, timeout=300)
+                        str(ROOT / "packages" / f"llamatelemetry-{name}")],
+                       check=True, capture_output=True, timeout=300)
     built = sorted(p.name for p in wheels.glob("*.whl"))
     assert len(built) == len(DISTRIBUTIONS), built
 

@@ -123,7 +123,7 @@ def test_raising_hook_is_logged_once_and_other_plugins_still_run(fake_dists: Any
         spans = telemetry.spans()
         assert [s.attributes["good.saw_request"] for s in spans] == [first.request_id, second.request_id]
     raising = sys.modules["raising_plugin"]
-    assert raising.CALLS == [first.request_id, second.request_id]
+    assert [first.request_id, second.request_id] == raising.CALLS
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "raising" in r.getMessage()]
     assert len(warnings) == 1, "the first failure is a warning, later ones debug"
     assert "raising-plugin 2.0.0" in warnings[0].getMessage()
@@ -242,7 +242,7 @@ def test_unknown_backend_lists_installed_and_install_command(fake_dists: Any) ->
         message = str(caught.value)
         assert "good-echo" in message
         assert "llamatelemetry-core[transformers]" in message or "llamatelemetry-transformers" in message
-        with pytest.raises(BackendNotFoundError, match="no-such-engine.*good-echo"):
+        with pytest.raises(BackendNotFoundError, match=r"no-such-engine.*good-echo"):
             create_engine("no-such-engine")
 
 
@@ -266,7 +266,7 @@ def test_backend_that_cannot_be_created_or_started_raises_clearly(fake_dists: An
                     FailsStart.shut.append(True)
             """}, {"bad": "bad_backends"})
     with fresh_plugin_manager(load_entry_points=True):
-        with pytest.raises(BackendStartError, match="missing-module.*bad-backends.*could not be imported"):
+        with pytest.raises(BackendStartError, match=r"missing-module.*bad-backends.*could not be imported"):
             create_engine("missing-module")
         engine = create_engine("fails-start")
         with pytest.raises(BackendStartError, match=r"fails-start.*OSError: model file not found") as caught:

@@ -146,7 +146,8 @@ def _build_resource(settings: TelemetrySettings, plugin_attributes: Mapping[str,
         "telemetry.distro.version": __version__,
     }
     # service.name only when it was really given, so OTEL_RESOURCE_ATTRIBUTES' service.name still counts.
-    if settings.service_name != "unknown_service" or "service.name" not in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", ""):
+    env_names_service = "service.name" in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    if settings.service_name != "unknown_service" or not env_names_service:
         explicit["service.name"] = settings.service_name
     if settings.service_version:
         explicit["service.version"] = settings.service_version
@@ -378,7 +379,7 @@ def get_meter(name: str = INSTRUMENTATION_NAME, version: str | None = None) -> M
         return telemetry.meter_provider.get_meter(name, version)
     from opentelemetry import metrics
 
-    return metrics.get_meter(name, version or (__version__ if name == INSTRUMENTATION_NAME else None))
+    return metrics.get_meter(name, version or (__version__ if name == INSTRUMENTATION_NAME else ""))
 
 
 def genai_metrics() -> GenAIMetrics:

@@ -93,7 +93,8 @@ def parse_headers(value: str | None, *, source: str) -> dict[str, str]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             # Name the position, never the value: it may be a secret.
-            raise ConfigurationError(f"{source} has an entry without 'key=value' form; write it as key=value,key2=value2.")
+            raise ConfigurationError(
+                f"{source} has an entry without 'key=value' form; write it as key=value,key2=value2.")
         headers[urllib.parse.unquote(key.strip()).lower()] = urllib.parse.unquote(raw.strip())
     return headers
 
@@ -162,7 +163,8 @@ def _signal(
     if exporter is not None:
         exporter = exporter.strip().lower().split(",")[0]
         if exporter not in EXPORTERS:
-            raise ConfigurationError(f"{exporter_source}={exporter!r} is not supported: use one of {', '.join(EXPORTERS)}.")
+            raise ConfigurationError(
+                f"{exporter_source}={exporter!r} is not supported: use one of {', '.join(EXPORTERS)}.")
 
     protocol = (_protocol(protocol_arg, "init(protocol=...)")
                 or _protocol(env.get(f"OTEL_EXPORTER_OTLP_{upper}_PROTOCOL"), f"OTEL_EXPORTER_OTLP_{upper}_PROTOCOL")
@@ -193,7 +195,8 @@ def _signal(
         protocol = protocol or "grpc"
         endpoint = DEFAULT_GRPC_ENDPOINT if protocol == "grpc" else f"{DEFAULT_HTTP_ENDPOINT}/v1/{signal}"
     if exporter == "file" and not output_file:
-        raise ConfigurationError(f"{exporter_source}=file needs a file: pass init(output_file=...) or set {ENV_OUTPUT_FILE}.")
+        raise ConfigurationError(
+            f"{exporter_source}=file needs a file: pass init(output_file=...) or set {ENV_OUTPUT_FILE}.")
 
     if headers_arg is not None:
         headers = {str(k).lower(): str(v) for k, v in headers_arg.items()}

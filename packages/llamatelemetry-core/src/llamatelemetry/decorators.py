@@ -261,7 +261,7 @@ def trace(name: str | None = None, attributes: AttributeMap | None = None) -> _I
 
 
 def trace(name: str | F | None = None, attributes: AttributeMap | None = None) -> Any:
-    """Trace a function (``@trace``, ``@trace()`` or ``@trace(name=..., attributes=...)``); the span is named after it by default."""
+    """Trace a function: ``@trace``, ``@trace()`` or ``@trace(name=..., attributes=...)`` (default: its name)."""
     if callable(name):
         return _Instrumented(None, None, "function")(name)
     return _Instrumented(name, attributes, "function")

@@ -1,4 +1,6 @@
-"""``llamatelemetry.llama``: the llama.cpp server client, server manager and in-process backend, from ``llamatelemetry-llamacpp``.
+"""``llamatelemetry.llama``: the llama.cpp server client, server manager and in-process backend.
+
+Provided by ``llamatelemetry-llamacpp``.
 
 This module is the plugin's own top-level module under the core's name. Without the plugin,
 importing it raises an ImportError whose message is: pip install "llamatelemetry-core[llamacpp]".

@@ -1,4 +1,6 @@
-"""``llamatelemetry.nccl``: the NCCL and torch.distributed tracing, from ``llamatelemetry-nccl``.
+"""``llamatelemetry.nccl``: the NCCL and torch.distributed tracing.
+
+Provided by ``llamatelemetry-nccl``.
 
 This module is the plugin's own top-level module under the core's name. Without the plugin,
 importing it raises an ImportError whose message is: pip install "llamatelemetry-core[nccl]".

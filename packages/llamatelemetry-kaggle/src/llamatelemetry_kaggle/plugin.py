@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from llamatelemetry.plugins import hookimpl
-
 from llamatelemetry_kaggle.detect import detect
 
 

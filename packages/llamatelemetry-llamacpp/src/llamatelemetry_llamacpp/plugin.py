@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from llamatelemetry.plugins import PresetSpec, hookimpl
-
 from llamatelemetry_llamacpp.presets import PRESETS
 
 

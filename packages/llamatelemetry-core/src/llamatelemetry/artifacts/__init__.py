@@ -60,7 +60,8 @@ class VerificationReport:
 
     def problems(self) -> list[str]:
         """One line per missing or changed artifact."""
-        return [f"missing: {p}" for p in self.missing] + [f"changed (sha256 or size differs): {p}" for p in self.changed]
+        missing = [f"missing: {p}" for p in self.missing]
+        return missing + [f"changed (sha256 or size differs): {p}" for p in self.changed]
 
 
 class ArtifactManifest:
@@ -77,7 +78,8 @@ class ArtifactManifest:
     def __init__(self, pipeline_id: str, *, base_dir: str | os.PathLike[str] | None = None,
                  metadata: Mapping[str, Any] | None = None) -> None:
         if not isinstance(pipeline_id, str) or not pipeline_id.strip():
-            raise ValueError("ArtifactManifest needs a non-empty pipeline_id, e.g. ArtifactManifest(pipeline_id='run-001').")
+            raise ValueError("ArtifactManifest needs a non-empty pipeline_id, "
+                             "e.g. ArtifactManifest(pipeline_id='run-001').")
         self.pipeline_id = pipeline_id
         self.metadata: dict[str, Any] = dict(metadata or {})
         self._base_dir = Path(base_dir) if base_dir is not None else None

@@ -30,7 +30,8 @@ def _messages(value: Any) -> list[dict[str, Any]]:
                                   'a dict with "role" and "content"')
         role = message.get("role")
         if role not in MESSAGE_ROLES:
-            raise ValidationError("InferenceRequest", f"messages[{index}].role", role, f"one of {', '.join(MESSAGE_ROLES)}")
+            raise ValidationError("InferenceRequest", f"messages[{index}].role", role,
+                                  f"one of {', '.join(MESSAGE_ROLES)}")
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
             raise ValidationError("InferenceRequest", f"messages[{index}].content", f"<{type(content).__name__}>",

@@ -11,7 +11,10 @@ import logging
 import threading
 import time
 
+from typing import Any
+
 import attrs
+
 from llamatelemetry.errors import BackendNotStartedError, BackendStartError, ValidationError
 from llamatelemetry.inference.base import InferenceRequest, InferenceResult, LLMBackend
 from llamatelemetry.semconv import gen_ai
@@ -123,7 +126,7 @@ class InferenceEngine:
         pm = get_plugin_manager()
         telemetry = current()
         capture = telemetry.capture_content if telemetry is not None else CaptureMode.NO_CONTENT
-        metric_attributes = {k: start_attributes[k] for k in (
+        metric_attributes: dict[str, Any] = {k: start_attributes[k] for k in (
             gen_ai.GEN_AI_OPERATION_NAME, gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_REQUEST_MODEL,
             gen_ai.SERVER_ADDRESS, gen_ai.SERVER_PORT) if k in start_attributes}
         metrics = genai_metrics()

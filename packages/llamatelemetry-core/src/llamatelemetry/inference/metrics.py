@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +82,6 @@ def compute_all_metrics(events: InferenceEvents, n_tokens: int | None = None) ->
         decode_tps = (tokens - 1) / decode_s
         tpot_ms = decode_s * 1e3 / (tokens - 1)
     chunks = events.chunk_ns
-    gaps = tuple((b - a) / 1e6 for a, b in zip(chunks, chunks[1:]))
+    gaps = tuple((b - a) / 1e6 for a, b in itertools.pairwise(chunks))
     return InferenceMetrics(n_tokens=tokens, ttft_ms=ttft_ms, e2e_ms=e2e_ms, tps=tps, decode_tps=decode_tps,
                             tpot_ms=tpot_ms, chunk_gaps_ms=gaps)

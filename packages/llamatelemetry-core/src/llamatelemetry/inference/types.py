@@ -25,6 +25,10 @@ def _integer(owner: str, field: str, value: Any, allowed: str) -> int:
     return value
 
 
+def _stop_sequences(value: str | Sequence[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 @attrs.frozen
 class SamplingParams:
     """How tokens are sampled.
@@ -44,7 +48,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     seed: int | None = None
-    stop: tuple[str, ...] = attrs.field(default=(), converter=lambda v: (v,) if isinstance(v, str) else tuple(v))
+    stop: tuple[str, ...] = attrs.field(default=(), converter=_stop_sequences)
 
     def __attrs_post_init__(self) -> None:
         owner = "SamplingParams"
@@ -113,8 +117,9 @@ class CudaInferenceConfig:
 
     def __attrs_post_init__(self) -> None:
         owner = "CudaInferenceConfig"
-        if _integer(owner, "gpu_layers", self.gpu_layers, "an integer >= -1 (-1 = all layers, 0 = CPU only)") < -1:
-            raise ValidationError(owner, "gpu_layers", self.gpu_layers, "an integer >= -1 (-1 = all layers, 0 = CPU only)")
+        layers_allowed = "an integer >= -1 (-1 = all layers, 0 = CPU only)"
+        if _integer(owner, "gpu_layers", self.gpu_layers, layers_allowed) < -1:
+            raise ValidationError(owner, "gpu_layers", self.gpu_layers, layers_allowed)
         if _integer(owner, "ctx_size", self.ctx_size, "an integer >= 0 (0 = the model's trained context)") < 0:
             raise ValidationError(owner, "ctx_size", self.ctx_size, "an integer >= 0 (0 = the model's trained context)")
         if _integer(owner, "batch_size", self.batch_size, "an integer >= 1") < 1:

@@ -37,7 +37,7 @@ class ExportSpan:
     from being exported. ``kind``, ``resource`` and ``status`` are read-only facts of the span.
     """
 
-    __slots__ = ("name", "attributes", "_span", "_dropped")
+    __slots__ = ("_dropped", "_span", "attributes", "name")
 
     def __init__(self, span: ReadableSpan) -> None:
         self._span = span

@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Literal
 
 from llamatelemetry.errors import ConfigurationError
 
@@ -68,7 +68,7 @@ def build_otlp_exporter(
 class JsonLinesFile:
     """One file shared by the span and metric exporters; one JSON object a line, written atomically."""
 
-    _open: dict[str, JsonLinesFile] = {}
+    _open: ClassVar[dict[str, JsonLinesFile]] = {}
     _registry_lock = threading.Lock()
 
     def __init__(self, path: str) -> None:
@@ -148,7 +148,9 @@ def _file_metric_exporter(path: str) -> MetricExporter:
             self._file = JsonLinesFile.acquire(path)
             self._closed = False
 
-        def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        def export(
+            self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+        ) -> MetricExportResult:
             record = json.loads(metrics_data.to_json(indent=None))
             record["signal"] = "metrics"
             self._file.write(record)

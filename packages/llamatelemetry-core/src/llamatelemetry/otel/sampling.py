@@ -35,7 +35,7 @@ def _ratio(arg: str | float | None, source: str) -> float:
 
 
 def configure_sampler(name: str | None = None, arg: str | float | None = None) -> Sampler:
-    """Build a sampler from ``name`` (or ``OTEL_TRACES_SAMPLER``) and its ratio ``arg`` (or ``OTEL_TRACES_SAMPLER_ARG``).
+    """Build a sampler from ``name`` and ratio ``arg`` (else ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``).
 
     ``None`` and no variable give ``parentbased_always_on``, the OpenTelemetry default.
     """

@@ -153,7 +153,8 @@ class PluginManager:
             for impl in caller.get_hookimpls():
                 if impl.plugin is not plugin or impl.hookwrapper or impl.wrapper:
                     continue
-                impl.function = self._guard(impl.function, plugin_name, caller.name)
+                # HookImpl.function is typed Final, but replacing it is how the guard reaches every call.
+                impl.function = self._guard(impl.function, plugin_name, caller.name)  # type: ignore[misc]
 
     def _guard(self, function: Callable[..., Any], plugin_name: str, hook_name: str) -> Callable[..., Any]:
         failed = self._failed_calls
@@ -167,7 +168,8 @@ class PluginManager:
                 if key not in failed:
                     failed.add(key)
                     info = self._infos.get(plugin_name)
-                    where = f"{info.distribution} {info.version}" if info and info.distribution else "registered in code"
+                    known = info is not None and info.distribution
+                    where = f"{info.distribution} {info.version}" if known and info else "registered in code"
                     log.warning(
                         "llamatelemetry plugin %r (%s) raised in %s; the other plugins still ran "
                         "(further errors of this hook are logged at debug level)",
@@ -236,20 +238,20 @@ class PluginManager:
                                     plugin_name, record, hook_name, record_type.__name__)
                         continue
                     distribution = info.distribution if info and info.distribution else plugin_name
-                    record = attrs.evolve(record, distribution=distribution)
-                    for key in (record.name, *getattr(record, "aliases", ())):
-                        key = _registry_key(key)
+                    owned: _RecordT = attrs.evolve(record, distribution=distribution)
+                    for name in (owned.name, *getattr(owned, "aliases", ())):
+                        key = _registry_key(name)
                         previous = records.get(key)
                         if previous is None:
-                            records[key] = record
-                        elif previous != record or previous.distribution != record.distribution:
+                            records[key] = owned
+                        elif previous != owned or previous.distribution != owned.distribution:
                             message = (f"{record_type.__name__} {key!r} is registered by both "
-                                       f"{previous.distribution} and {record.distribution}; "
+                                       f"{previous.distribution} and {owned.distribution}; "
                                        f"using the one from {previous.distribution}")
                             if message not in self._conflicts:
                                 self._conflicts.append(message)
                                 log.warning(message)
-                    self._add_provided(plugin_name, hook_name, record.name)
+                    self._add_provided(plugin_name, hook_name, owned.name)
             self._registry_cache[hook_name] = records
             return records
 

@@ -23,7 +23,9 @@ __all__ = [
 DURATION_BUCKETS: Final = tuple(round(0.01 * 2**i, 2) for i in range(14))
 #: 1 to 67,108,864 tokens in steps of x4 (gen_ai.client.token.usage).
 TOKEN_USAGE_BUCKETS: Final = tuple(4**i for i in range(14))
-SERVER_TTFT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+SERVER_TTFT_BUCKETS: Final = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)
 SERVER_TPOT_BUCKETS: Final = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 
 

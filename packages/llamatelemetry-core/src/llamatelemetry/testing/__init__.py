@@ -52,7 +52,8 @@ class MetricPoint:
     @property
     def value(self) -> float:
         """A sum or gauge's value, or a histogram's count."""
-        return self.point.value if hasattr(self.point, "value") else self.point.count
+        value = self.point.value if hasattr(self.point, "value") else self.point.count
+        return float(value)
 
     def __repr__(self) -> str:
         return f"<MetricPoint {self.name} {self.attributes} {self.value}>"
@@ -76,10 +77,11 @@ class InMemoryTelemetry:
         self.reader: InMemoryMetricReader | None = None
 
     def __enter__(self) -> InMemoryTelemetry:
-        import llamatelemetry
         from opentelemetry.sdk.metrics.export import InMemoryMetricReader
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        import llamatelemetry
 
         llamatelemetry.shutdown()
         self.exporter = InMemorySpanExporter()
