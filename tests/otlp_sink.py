@@ -322,7 +322,7 @@ class _TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):
         """Remember the sink to record into."""
         self._sink = sink
 
-    def Export(  # noqa: N802 - name fixed by the generated servicer
+    def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         """Record a trace export request."""
@@ -337,7 +337,7 @@ class _MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
         """Remember the sink to record into."""
         self._sink = sink
 
-    def Export(  # noqa: N802 - name fixed by the generated servicer
+    def Export(
         self, request: metrics_service_pb2.ExportMetricsServiceRequest, context: grpc.ServicerContext
     ) -> metrics_service_pb2.ExportMetricsServiceResponse:
         """Record a metrics export request."""
@@ -352,7 +352,7 @@ class _LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):
         """Remember the sink to record into."""
         self._sink = sink
 
-    def Export(  # noqa: N802 - name fixed by the generated servicer
+    def Export(
         self, request: logs_service_pb2.ExportLogsServiceRequest, context: grpc.ServicerContext
     ) -> logs_service_pb2.ExportLogsServiceResponse:
         """Record a logs export request."""

@@ -17,28 +17,27 @@ pytest.importorskip("opentelemetry.sdk")
 pytest.importorskip("opentelemetry.exporter.otlp.proto.grpc")
 pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
 
-import grpc  # noqa: E402
-from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter  # noqa: E402
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: E402
+import grpc
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
     OTLPSpanExporter as GrpcSpanExporter,
 )
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: E402
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpSpanExporter,
 )
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc  # noqa: E402
-from opentelemetry.proto.common.v1 import common_pb2  # noqa: E402
-from opentelemetry.proto.resource.v1 import resource_pb2  # noqa: E402
-from opentelemetry.proto.trace.v1 import trace_pb2  # noqa: E402
-from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader  # noqa: E402
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View  # noqa: E402
-from opentelemetry.sdk.resources import Resource  # noqa: E402
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter  # noqa: E402
-from opentelemetry.trace import SpanKind, Status, StatusCode  # noqa: E402
-from opentelemetry.util.types import Attributes  # noqa: E402
-
-from otlp_sink import (  # noqa: E402
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.resource.v1 import resource_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.types import Attributes
+from otlp_sink import (
     OtlpSink,
     RotelCollector,
     RotelStartError,

@@ -10,7 +10,7 @@ import pytest
 from llamatelemetry.errors import IncompleteEventsError, LlamaTelemetryError
 from llamatelemetry.inference import events as events_module
 from llamatelemetry.inference.events import EventRecorder, InferenceEvents
-from llamatelemetry.inference.metrics import InferenceMetrics, compute_all_metrics, compute_ttft, compute_tps
+from llamatelemetry.inference.metrics import InferenceMetrics, compute_all_metrics, compute_tps, compute_ttft
 
 MS = 1_000_000  # nanoseconds per millisecond
 S = 1_000_000_000  # nanoseconds per second
@@ -330,3 +330,11 @@ def test_event_recorder_metrics_before_done() -> None:
 def test_event_recorder_done_validates() -> None:
     with pytest.raises(ValueError, match="n_tokens"):
         EventRecorder().done(-5)
+
+
+def test_compute_tps_refuses_a_zero_elapsed_time() -> None:
+    from llamatelemetry.errors import IncompleteEventsError
+
+    events = events_at(start=T0, first=T0, done=T0, n_tokens=5)
+    with pytest.raises(IncompleteEventsError, match="no time elapsed"):
+        compute_tps(events)

@@ -10,6 +10,7 @@ status ERROR and ``error.type``.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
@@ -36,6 +37,12 @@ def error_type(exc: BaseException) -> str:
     return cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
 
 
+def _is_cancellation(exc: BaseException) -> bool:
+    import asyncio
+
+    return isinstance(exc, asyncio.CancelledError)
+
+
 def record_error(span: Span, exc: BaseException) -> None:
     """Mark ``span`` as failed by ``exc``: status ERROR, ``error.type`` and an exception event."""
     from opentelemetry.trace import Status, StatusCode
@@ -58,7 +65,9 @@ class _Instrumented:
             self._attributes[names.WORKFLOW_NAME] = workflow_name
         if attributes:
             self._attributes.update(attributes)
-        self._active: list[tuple[Any, Any]] = []
+        # Per context (thread or asyncio task), so one instance can be entered concurrently.
+        self._active: contextvars.ContextVar[tuple[tuple[Any, Any], ...]] = contextvars.ContextVar(
+            f"llamatelemetry_active_{id(self)}", default=())
 
     # ------------------------------------------------------------ as a decorator
 
@@ -112,9 +121,11 @@ class _Instrumented:
     @staticmethod
     def _wrap_generator(fn: Callable[..., Generator[Any, Any, Any]], span_name: str,
                         attributes: dict[str, Any]) -> Callable[..., Generator[Any, Any, Any]]:
+        # A generator function itself (yield from forwards send, throw and close), so that
+        # inspect.isgeneratorfunction() still holds for the decorated function.
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-            return traced_generator(fn(*args, **kwargs), span_name, attributes)
+            return (yield from traced_generator(fn(*args, **kwargs), span_name, attributes))
 
         return wrapper
 
@@ -138,12 +149,14 @@ class _Instrumented:
             self._name, attributes=self._attributes, record_exception=False, set_status_on_exception=False
         )
         span = manager.__enter__()
-        self._active.append((manager, span))
+        self._active.set((*self._active.get(), (manager, span)))
         return span
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        manager, span = self._active.pop()
+        stack = self._active.get()
+        manager, span = stack[-1]
+        self._active.set(stack[:-1])
         if exc is not None:
             record_error(span, exc)
         manager.__exit__(exc_type, exc, tb)
@@ -237,6 +250,9 @@ async def traced_async_generator(inner: AsyncGenerator[Any, Any], span_name: str
             except GeneratorExit:
                 raise
             except BaseException as exc:
+                if _is_cancellation(exc):
+                    # The event loop cancels an abandoned stream's cleanup: that is a close, not a failure.
+                    raise GeneratorExit from exc
                 to_throw = exc
     except GeneratorExit:
         span.set_attribute(names.STREAM_CLOSED_EARLY, True)

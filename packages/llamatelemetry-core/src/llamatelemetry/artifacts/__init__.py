@@ -166,7 +166,10 @@ class ArtifactManifest:
             raise ValueError(f"{source} has manifest schema_version {version!r}; this llamatelemetry reads "
                              f"version {MANIFEST_SCHEMA_VERSION}. Upgrade llamatelemetry-core to read it.")
         manifest = cls(data["pipeline_id"], base_dir=source.parent, metadata=data.get("metadata") or {})
-        for entry in data.get("artifacts", []):
+        for index, entry in enumerate(data.get("artifacts", [])):
+            missing = [key for key in ("path", "kind", "sha256", "size_bytes") if key not in entry]
+            if missing:
+                raise ValueError(f"{source}: artifacts[{index}] lacks {', '.join(missing)}; the manifest is damaged.")
             resolved = manifest._resolve(entry["path"])
             manifest._artifacts[str(resolved)] = Artifact(
                 path=str(resolved), kind=entry["kind"], sha256=entry["sha256"], size_bytes=int(entry["size_bytes"]),

@@ -34,7 +34,9 @@ def compute_tps(events: InferenceEvents, n_tokens: int | None = None) -> float:
     if tokens is None:
         raise IncompleteEventsError("no token count: pass n_tokens or call record_completion(n_tokens).")
     elapsed_s = (events.completion_ns - events.request_start_ns) / 1e9
-    return tokens / elapsed_s if elapsed_s > 0 else 0.0
+    if elapsed_s <= 0:
+        raise IncompleteEventsError("the completion was recorded at the request start: no time elapsed to divide by.")
+    return tokens / elapsed_s
 
 
 @attrs.frozen

@@ -14,7 +14,7 @@ __all__ = ["SamplingParams", "CudaInferenceConfig", "parse_tensor_split"]
 
 
 def _number(owner: str, field: str, value: Any, allowed: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValidationError(owner, field, value, allowed)
     return float(value)
 
@@ -25,8 +25,14 @@ def _integer(owner: str, field: str, value: Any, allowed: str) -> int:
     return value
 
 
-def _stop_sequences(value: str | Sequence[str]) -> tuple[str, ...]:
-    return (value,) if isinstance(value, str) else tuple(value)
+def _stop_sequences(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)):
+        raise ValidationError("SamplingParams", "stop", f"<{type(value).__name__}>", "a list of non-empty strings")
+    return tuple(value)
 
 
 @attrs.frozen
@@ -52,15 +58,15 @@ class SamplingParams:
 
     def __attrs_post_init__(self) -> None:
         owner = "SamplingParams"
-        if _number(owner, "temperature", self.temperature, "a number >= 0 (0 means greedy)") < 0:
-            raise ValidationError(owner, "temperature", self.temperature, "a number >= 0 (0 means greedy)")
+        if _number(owner, "temperature", self.temperature, "a finite number >= 0 (0 means greedy)") < 0:
+            raise ValidationError(owner, "temperature", self.temperature, "a finite number >= 0 (0 means greedy)")
         top_p = _number(owner, "top_p", self.top_p, "in (0, 1]")
         if not 0 < top_p <= 1:
             raise ValidationError(owner, "top_p", self.top_p, "in (0, 1]")
         if _integer(owner, "top_k", self.top_k, "an integer >= 0 (0 disables top-k)") < 0:
             raise ValidationError(owner, "top_k", self.top_k, "an integer >= 0 (0 disables top-k)")
-        if _number(owner, "repeat_penalty", self.repeat_penalty, "a number > 0 (1.0 means none)") <= 0:
-            raise ValidationError(owner, "repeat_penalty", self.repeat_penalty, "a number > 0 (1.0 means none)")
+        if _number(owner, "repeat_penalty", self.repeat_penalty, "a finite number > 0 (1.0 means none)") <= 0:
+            raise ValidationError(owner, "repeat_penalty", self.repeat_penalty, "a finite number > 0 (1.0 means none)")
         for field in ("frequency_penalty", "presence_penalty"):
             value = _number(owner, field, getattr(self, field), "in [-2, 2]")
             if not -2 <= value <= 2:
@@ -98,7 +104,7 @@ def parse_tensor_split(value: str | Sequence[float]) -> tuple[float, ...]:
 
 
 def _tensor_split_text(value: str | Sequence[float]) -> str:
-    return ",".join(f"{n:g}" for n in parse_tensor_split(value))
+    return ",".join(str(n) for n in parse_tensor_split(value))
 
 
 @attrs.frozen

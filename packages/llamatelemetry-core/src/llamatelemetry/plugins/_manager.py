@@ -39,6 +39,8 @@ ENV_TRACE = "LLAMATELEMETRY_TRACE_PLUGINS"
 _RecordT = TypeVar("_RecordT", BackendSpec, InstrumentorSpec, StageSpec, PresetSpec)
 
 _TRUE = {"1", "true", "yes", "on"}
+# A redaction hook that fails must not let content through: its errors reach redact_messages().
+_UNGUARDED_HOOKS = frozenset({"llamatelemetry_redact_messages"})
 # Registration hooks whose records are listed by kind; other hooks are listed by name.
 _RECORD_HOOKS = frozenset({"llamatelemetry_register_backends", "llamatelemetry_register_instrumentors",
                            "llamatelemetry_register_stages", "llamatelemetry_register_presets"})
@@ -150,6 +152,8 @@ class PluginManager:
     def _isolate(self, plugin: object, plugin_name: str) -> None:
         """Wrap each of the plugin's hook implementations so an exception is logged, not raised."""
         for caller in self._pm.get_hookcallers(plugin) or []:
+            if caller.name in _UNGUARDED_HOOKS:
+                continue
             for impl in caller.get_hookimpls():
                 if impl.plugin is not plugin or impl.hookwrapper or impl.wrapper:
                     continue
@@ -347,9 +351,20 @@ class PluginManager:
         """Call ``llamatelemetry_request_end``."""
         self._pm.hook.llamatelemetry_request_end(span=span, request=request, result=result, error=error)
 
-    def redact_messages(self, messages: list[dict[str, Any]], kind: str) -> None:
-        """Call ``llamatelemetry_redact_messages`` (each implementation mutates ``messages``)."""
-        self._pm.hook.llamatelemetry_redact_messages(messages=messages, kind=kind)
+    def redact_messages(self, messages: list[dict[str, Any]], kind: str) -> bool:
+        """Call ``llamatelemetry_redact_messages``; False (content must be dropped) if one raised."""
+        try:
+            self._pm.hook.llamatelemetry_redact_messages(messages=messages, kind=kind)
+        except Exception:
+            key = ("redact", kind)
+            if key not in self._failed_calls:
+                self._failed_calls.add(key)
+                log.warning("a llamatelemetry_redact_messages hook raised; no %s content is recorded "
+                            "(further errors are logged at debug level)", kind, exc_info=True)
+            else:
+                log.debug("a llamatelemetry_redact_messages hook raised again", exc_info=True)
+            return False
+        return True
 
     def export_span(self, span: ExportSpan) -> None:
         """Call ``llamatelemetry_export_span``."""

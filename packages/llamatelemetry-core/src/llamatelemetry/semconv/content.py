@@ -9,7 +9,8 @@ Nothing is captured by default. ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CON
 - ``EVENT_ONLY``: the same attributes on a ``gen_ai.client.inference.operation.details`` span event;
 - ``SPAN_AND_EVENT``: both.
 
-Content goes through every ``llamatelemetry_redact_messages`` hook before it is set.
+Content goes through every ``llamatelemetry_redact_messages`` hook before it is set; if a
+redaction hook raises, no content at all is recorded for that request.
 """
 
 from __future__ import annotations
@@ -122,17 +123,20 @@ def record_content(
         system, inputs = to_semconv_messages(input_messages)
         if system:
             wrapped = [{"role": "system", "parts": system}]
-            pm.redact_messages(wrapped, "system")
+            if not pm.redact_messages(wrapped, "system"):
+                return
             attributes[gen_ai.GEN_AI_SYSTEM_INSTRUCTIONS] = json.dumps(
                 [part for message in wrapped for part in message.get("parts", [])], ensure_ascii=False)
-        pm.redact_messages(inputs, "input")
+        if not pm.redact_messages(inputs, "input"):
+            return
         attributes[gen_ai.GEN_AI_INPUT_MESSAGES] = json.dumps(inputs, ensure_ascii=False)
     if output_text is not None:
         output: dict[str, Any] = {"role": "assistant", "parts": _parts(output_text)}
         if finish_reason:
             output["finish_reason"] = finish_reason
         outputs = [output]
-        pm.redact_messages(outputs, "output")
+        if not pm.redact_messages(outputs, "output"):
+            return
         attributes[gen_ai.GEN_AI_OUTPUT_MESSAGES] = json.dumps(outputs, ensure_ascii=False)
     if not attributes:
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ def model_display_name(model: str | os.PathLike[str] | None) -> str | None:
     looks_like_path = (text.lower().endswith((".gguf", ".bin", ".safetensors"))
                        or text.startswith(("/", "./", "../", "~")) or "\\" in text)
     if looks_like_path:
-        base = os.path.basename(text.rstrip("/\\")) or text
+        base = re.split(r"[\\/]", text.rstrip("/\\"))[-1] or text
         stem, ext = os.path.splitext(base)
         return stem if ext.lower() in (".gguf", ".bin", ".safetensors") else base
     return text
