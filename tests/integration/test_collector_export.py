@@ -44,7 +44,8 @@ class WordBackend:
         return InferenceResult(text=" ".join(out), input_tokens=len(words), output_tokens=len(out),
                                cached_input_tokens=1, ttft_ms=12.5, total_ms=40.0, decode_tps=80.0,
                                finish_reason="length" if len(out) == request.max_tokens else "stop",
-                               model="SmolLM2-135M-Instruct.Q4_1.gguf", response_id="cmpl-1")
+                               model="SmolLM2-135M-Instruct.Q4_1.gguf", response_id="cmpl-1",
+                               request_id=request.request_id)
 
 
 @pytest.fixture

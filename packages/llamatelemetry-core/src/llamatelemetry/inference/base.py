@@ -113,6 +113,7 @@ class InferenceResult:
     finish_reason: str | None = None
     model: str | None = None
     response_id: str | None = None
+    #: The request's ``request_id``: every backend copies it from the request (the conformance suite checks).
     request_id: str | None = None
     #: Backend-specific span attributes (llama.cpp timings, for instance) recorded on the request span.
     attributes: Mapping[str, Any] = attrs.field(factory=dict)

@@ -12,8 +12,7 @@ import threading
 import time
 from typing import Any
 
-import attrs
-
+from llamatelemetry import _runtime
 from llamatelemetry.errors import BackendNotStartedError, BackendStartError, ValidationError
 from llamatelemetry.inference.base import InferenceRequest, InferenceResult, LLMBackend
 from llamatelemetry.semconv import gen_ai
@@ -25,19 +24,10 @@ log = logging.getLogger("llamatelemetry.inference")
 
 def telemetry_active() -> bool:
     """Whether spans would be recorded: ``init()`` ran (and is not disabled) or the app set a provider."""
-    from llamatelemetry._runtime import _app_tracer_provider, current
-
-    telemetry = current()
+    telemetry = _runtime.current()
     if telemetry is not None:
         return telemetry.settings.enabled
-    return _app_tracer_provider() is not None
-
-
-def _with_request_id(result: InferenceResult, request: InferenceRequest) -> InferenceResult:
-    # Every result names its request, whichever backend produced it.
-    if isinstance(result, InferenceResult) and result.request_id is None:
-        return attrs.evolve(result, request_id=request.request_id)
-    return result
+    return _runtime._app_tracer_provider() is not None
 
 
 class InferenceEngine:
@@ -102,7 +92,7 @@ class InferenceEngine:
             raise BackendNotStartedError(f"Engine {self.name!r} is not started: call engine.start() "
                                          "(or use it in a with-block) before generate().")
         if not telemetry_active():
-            return _with_request_id(self.backend.generate(request), request)
+            return self.backend.generate(request)
         return self._generate_traced(request)
 
     def _generate_traced(self, request: InferenceRequest) -> InferenceResult:
@@ -150,7 +140,6 @@ class InferenceEngine:
                 record_error(span, error)
                 pm.request_end(span, request, None, error)
                 raise error
-            result = _with_request_id(result, request)
             span.set_attributes(with_compat(response_attributes(result)))
             record_content(span, capture, input_messages=request.messages, output_text=result.text,
                            finish_reason=result.finish_reason)

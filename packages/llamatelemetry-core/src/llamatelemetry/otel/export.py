@@ -120,17 +120,20 @@ class PluginSpanExporter(SpanExporter):
 class ExportStats:
     """Counts kept by the export path (read them any time; they only grow)."""
 
-    queued: int = 0
+    #: Spans handed to the exporter (exported + failed).
+    attempted: int = 0
     exported: int = 0
     dropped: int = 0
     failed: int = 0
     filtered: int = 0
     _lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False, eq=False)
 
-    def add(self, *, queued: int = 0, exported: int = 0, dropped: int = 0, failed: int = 0, filtered: int = 0) -> None:
+    def add(
+        self, *, attempted: int = 0, exported: int = 0, dropped: int = 0, failed: int = 0, filtered: int = 0
+    ) -> None:
         """Add to the counters atomically."""
         with self._lock:
-            self.queued += queued
+            self.attempted += attempted
             self.exported += exported
             self.dropped += dropped
             self.failed += failed
@@ -206,7 +209,7 @@ class QueueingSpanProcessor(SpanProcessor):
         return True
 
     def _export(self, batch: list[ReadableSpan]) -> None:
-        self.stats.add(queued=len(batch))
+        self.stats.add(attempted=len(batch))
         try:
             result = self._exporter.export(batch)
         except Exception:

@@ -101,10 +101,10 @@ class BackendConformance:
             assert result.finish_reason in {"length", "stop"}
 
     def test_request_id_round_trips(self, started: LLMBackend, conformance_messages: list[dict[str, Any]]) -> None:
-        """A result's request_id, when set, is the request's."""
+        """A result carries its request's request_id, so callers and spans can correlate them."""
         request = self._request(conformance_messages, request_id="conformance-1")
         result = started.generate(request)
-        assert result.request_id in (None, "conformance-1")
+        assert result.request_id == "conformance-1"
 
     def test_shutdown_twice_is_harmless(self, backend: LLMBackend) -> None:
         """shutdown() may be called twice."""

@@ -1,0 +1,66 @@
+"""The backend conformance suite passes a backend that keeps the contract and fails one that does not."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+BACKENDS = '''
+import pytest
+from llamatelemetry.inference import InferenceResult
+from llamatelemetry.testing import BackendConformance
+
+
+class Honest:
+    provider_name = "honest"
+
+    def start(self):
+        self.running = True
+
+    def generate(self, request):
+        words = request.prompt_text.split()
+        out = words[: request.max_tokens]
+        return InferenceResult(text=" ".join(out), input_tokens=len(words), output_tokens=len(out),
+                               ttft_ms=0.5, total_ms=1.0, finish_reason="length" if len(out) == request.max_tokens
+                               else "stop", request_id=request.request_id)
+
+    def shutdown(self):
+        self.running = False
+
+
+class Sloppy(Honest):
+    """Ignores max_tokens, reports a negative TTFT, an unknown finish reason and no request_id."""
+
+    def generate(self, request):
+        return InferenceResult(text="x " * 50, input_tokens=3, output_tokens=50, ttft_ms=-1.0,
+                               finish_reason="eos")
+
+
+class TestHonest(BackendConformance):
+    @pytest.fixture
+    def backend(self):
+        return Honest()
+
+
+class TestSloppy(BackendConformance):
+    @pytest.fixture
+    def backend(self):
+        return Sloppy()
+'''
+
+
+def test_suite_separates_a_conforming_backend_from_a_sloppy_one(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_backends=BACKENDS)
+    result = pytester.runpytest_subprocess("-q", "-rA", "-p", "no:cacheprovider")
+    passed = [line for line in result.outlines if line.startswith("PASSED")]
+    failed = [line for line in result.outlines if line.startswith("FAILED")]
+    assert passed and all("TestHonest" in line or "TestSloppy" in line for line in passed + failed)
+    assert not [line for line in failed if "TestHonest" in line], "\n".join(result.outlines)
+    sloppy_failures = {line.split("::")[-1].split()[0] for line in failed if "TestSloppy" in line}
+    assert sloppy_failures == {
+        "test_token_counts_are_exact_and_bounded",
+        "test_figures_are_honest",
+        "test_finish_reason_uses_semconv_values",
+        "test_request_id_round_trips",
+    }, "\n".join(result.outlines)
