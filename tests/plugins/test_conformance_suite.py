@@ -64,3 +64,26 @@ def test_suite_separates_a_conforming_backend_from_a_sloppy_one(pytester: pytest
         "test_finish_reason_uses_semconv_values",
         "test_request_id_round_trips",
     }, "\n".join(result.outlines)
+
+
+def test_plugin_author_fixtures_are_registered_by_the_pytest_plugin(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_fixtures='''
+        import llamatelemetry
+        from llamatelemetry.plugins import get_plugin_manager, hookimpl
+
+        def test_in_memory_telemetry(llamatelemetry_telemetry):
+            with llamatelemetry.span("checked"):
+                pass
+            assert [s.name for s in llamatelemetry_telemetry.spans()] == ["checked"]
+
+        def test_fresh_manager(llamatelemetry_plugin_manager):
+            class P:
+                @hookimpl
+                def llamatelemetry_resource_attributes(self):
+                    return {"a": 1}
+            llamatelemetry_plugin_manager.register(P())
+            assert get_plugin_manager() is llamatelemetry_plugin_manager
+            assert llamatelemetry_plugin_manager.backends() == {}
+        ''')
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
