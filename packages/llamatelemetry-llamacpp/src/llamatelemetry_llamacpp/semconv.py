@@ -1,0 +1,71 @@
+"""Telemetry names the llama.cpp plugin emits under the ``llamatelemetry.*`` namespace.
+
+Standard names (``gen_ai.*``) come from ``llamatelemetry.semconv.gen_ai``; these cover what the
+GenAI conventions have no name for. Every one is listed in the telemetry reference.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# ---- span names (INTERNAL, in-process llama-cpp-python); the request span is "{operation} {model}"
+SPAN_MODEL_LOAD: Final = "llama_cpp.model.load"
+SPAN_CONTEXT_CREATE: Final = "llama_cpp.context.create"
+SPAN_PREFILL: Final = "llama_cpp.prefill"
+SPAN_DECODE: Final = "llama_cpp.decode"
+
+# ---- model (attributes of the model-load span)
+MODEL_PATH: Final = "llamatelemetry.model.path"
+MODEL_FILE_SIZE: Final = "llamatelemetry.model.file_size"  # By
+MODEL_MMAP: Final = "llamatelemetry.model.mmap"
+MODEL_PARAMETERS: Final = "llamatelemetry.model.parameters"
+MODEL_VOCAB_SIZE: Final = "llamatelemetry.model.vocab_size"
+MODEL_TRAINED_CONTEXT: Final = "llamatelemetry.model.trained_context"
+MODEL_LOAD_DURATION: Final = "llamatelemetry.model.load.duration"  # s
+
+# ---- context (attributes of the context-create span)
+CONTEXT_SIZE: Final = "llamatelemetry.context.size"  # n_ctx, tokens
+CONTEXT_BATCH_SIZE: Final = "llamatelemetry.context.batch_size"  # n_batch, tokens
+CONTEXT_FLASH_ATTENTION: Final = "llamatelemetry.context.flash_attention"
+KV_CACHE_SIZE: Final = "llamatelemetry.kv_cache.size"  # By
+#: Tokens held in the KV cache after the request (in-process) or in the slot (server).
+KV_CACHE_USED_TOKENS: Final = "llamatelemetry.kv_cache.used_tokens"
+#: Share of the context the KV cache holds after the request, 0..1.
+KV_CACHE_USAGE: Final = "llamatelemetry.kv_cache.usage"
+
+# ---- phases (attributes of prefill/decode spans)
+PHASE_TOKENS: Final = "llamatelemetry.phase.tokens"
+PHASE_TOKENS_PER_SECOND: Final = "llamatelemetry.phase.tokens_per_second"
+DECODE_CALLS: Final = "llamatelemetry.decode.calls"
+
+# ---- llama.cpp's own counters, recorded beside our measurements (never instead of them)
+LLAMA_PROMPT_EVAL_TOKENS: Final = "llamatelemetry.llama_cpp.perf.prompt_eval_tokens"
+LLAMA_PROMPT_EVAL_DURATION: Final = "llamatelemetry.llama_cpp.perf.prompt_eval_duration"  # s
+LLAMA_EVAL_TOKENS: Final = "llamatelemetry.llama_cpp.perf.eval_tokens"
+LLAMA_EVAL_DURATION: Final = "llamatelemetry.llama_cpp.perf.eval_duration"  # s
+
+# ---- the server's ``timings`` object, recorded on CLIENT spans beside the client's clock
+TIMINGS_CACHE_N: Final = "llamatelemetry.llama_cpp.timings.cache_n"
+TIMINGS_PROMPT_N: Final = "llamatelemetry.llama_cpp.timings.prompt_n"
+TIMINGS_PROMPT_MS: Final = "llamatelemetry.llama_cpp.timings.prompt_ms"
+TIMINGS_PROMPT_PER_SECOND: Final = "llamatelemetry.llama_cpp.timings.prompt_per_second"
+TIMINGS_PREDICTED_N: Final = "llamatelemetry.llama_cpp.timings.predicted_n"
+TIMINGS_PREDICTED_MS: Final = "llamatelemetry.llama_cpp.timings.predicted_ms"
+TIMINGS_PREDICTED_PER_SECOND: Final = "llamatelemetry.llama_cpp.timings.predicted_per_second"
+
+# ---- streaming, client side
+#: Tokens carried by each streamed chunk are not always one: chunks and tokens are both counted.
+STREAM_CHUNKS: Final = "llamatelemetry.stream.chunks"
+
+# ---- metrics (histograms unless noted)
+METRIC_DECODE_DURATION: Final = "llamatelemetry.llama_cpp.decode.duration"  # s, per llama_decode call
+METRIC_DECODE_BATCH_SIZE: Final = "llamatelemetry.llama_cpp.decode.batch_size"  # {token}, per call
+METRIC_MODEL_LOAD_DURATION: Final = "llamatelemetry.llama_cpp.model.load.duration"  # s
+METRIC_KV_CACHE_USAGE: Final = "llamatelemetry.llama_cpp.kv_cache.usage"  # gauge, 0..1
+
+#: Server /metrics: ``llamacpp:<name>`` becomes ``llamatelemetry.llama_cpp.server.<name>``
+#: (counters lose their ``_total`` suffix, as OpenTelemetry names do).
+SERVER_METRIC_PREFIX: Final = "llamatelemetry.llama_cpp.server."
+#: Server /slots: busy and total slots.
+METRIC_SERVER_SLOTS_BUSY: Final = "llamatelemetry.llama_cpp.server.slots.busy"
+METRIC_SERVER_SLOTS_TOTAL: Final = "llamatelemetry.llama_cpp.server.slots.total"
