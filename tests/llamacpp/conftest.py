@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-
 from llamatelemetry_llamacpp.testing import smollm2_gguf_path
 
 

@@ -120,7 +120,7 @@ def test_unavailable_kinds_name_the_install(smollm2_gguf: Path, monkeypatch: pyt
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(ServerKindUnavailableError, match="llama-server binary on PATH"):
         ServerManager().start_server(smollm2_gguf, kind="llama-server", port=None)
-    with pytest.raises(ValueError, match="not a llama.cpp server kind"):
+    with pytest.raises(ValueError, match=r"not a llama.cpp server kind"):
         ServerManager().start_server(smollm2_gguf, kind="ollama", port=None)
 
 
@@ -133,7 +133,7 @@ def test_presets_and_quick_start(smollm2_gguf: Path) -> None:
         assert server.is_running()
     finally:
         server.stop_server()
-    with pytest.raises(ValueError, match="Unknown preset 'h100x8'.*kaggle_t4_dual"):
+    with pytest.raises(ValueError, match=r"Unknown preset 'h100x8'.*kaggle_t4_dual"):
         quick_start(smollm2_gguf, preset="h100x8")
 
 

@@ -2,8 +2,31 @@
 
 from __future__ import annotations
 
-from llamatelemetry.plugins import PresetSpec, hookimpl
+import argparse
+from typing import Any
+
+from llamatelemetry.plugins import BackendSpec, InstrumentorSpec, PresetSpec, hookimpl
 from llamatelemetry_llamacpp.presets import PRESETS
+
+
+@hookimpl
+def llamatelemetry_register_backends() -> list[BackendSpec]:
+    """``llama.cpp``: over a running server (``llama_server_url=``) or in-process (``model_path=``)."""
+    return [BackendSpec(
+        name="llama.cpp", aliases=("llamacpp", "llama_cpp", "llama-cpp"),
+        factory="llamatelemetry_llamacpp.factory:create_backend", provider_name="llama_cpp",
+        description="llama.cpp: a running server (llama_server_url=) or llama-cpp-python in-process (model_path=)",
+    )]
+
+
+@hookimpl
+def llamatelemetry_register_instrumentors() -> list[InstrumentorSpec]:
+    """``llama_cpp``: patch a user's ``llama_cpp.Llama`` or ``LlamaCppClient``."""
+    return [InstrumentorSpec(
+        name="llama_cpp", factory="llamatelemetry_llamacpp.instrument:instrument_llamacpp",
+        uninstrument="llamatelemetry_llamacpp.instrument:uninstrument_llamacpp",
+        description="spans and metrics on llama_cpp.Llama completion/chat calls and LlamaCppClient",
+    )]
 
 
 @hookimpl
@@ -11,3 +34,11 @@ def llamatelemetry_register_presets() -> list[PresetSpec]:
     """The llama.cpp server presets."""
     return [PresetSpec(name=name, values=dict(values), description=description)
             for name, (description, values) in PRESETS.items()]
+
+
+@hookimpl
+def llamatelemetry_register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """``llamatelemetry demo``: a real instrumented llama.cpp inference."""
+    from llamatelemetry_llamacpp.demo import add_parser
+
+    add_parser(subparsers)

@@ -37,12 +37,18 @@ KV_CACHE_USAGE: Final = "llamatelemetry.kv_cache.usage"
 PHASE_TOKENS: Final = "llamatelemetry.phase.tokens"
 PHASE_TOKENS_PER_SECOND: Final = "llamatelemetry.phase.tokens_per_second"
 DECODE_CALLS: Final = "llamatelemetry.decode.calls"
+#: Which phase a ``llama_decode`` call served, on the per-call metrics: ``prefill`` or ``decode``.
+PHASE: Final = "llamatelemetry.phase"
+PHASE_PREFILL: Final = "prefill"
+PHASE_DECODE: Final = "decode"
 
 # ---- llama.cpp's own counters, recorded beside our measurements (never instead of them)
 LLAMA_PROMPT_EVAL_TOKENS: Final = "llamatelemetry.llama_cpp.perf.prompt_eval_tokens"
 LLAMA_PROMPT_EVAL_DURATION: Final = "llamatelemetry.llama_cpp.perf.prompt_eval_duration"  # s
 LLAMA_EVAL_TOKENS: Final = "llamatelemetry.llama_cpp.perf.eval_tokens"
 LLAMA_EVAL_DURATION: Final = "llamatelemetry.llama_cpp.perf.eval_duration"  # s
+#: Times llama.cpp reused a compute graph instead of building one (``llama_perf_context_data.n_reused``).
+LLAMA_GRAPHS_REUSED: Final = "llamatelemetry.llama_cpp.perf.graphs_reused"
 
 # ---- the server's ``timings`` object, recorded on CLIENT spans beside the client's clock
 TIMINGS_CACHE_N: Final = "llamatelemetry.llama_cpp.timings.cache_n"

@@ -96,7 +96,7 @@ def _install_hint(kind: str) -> str:
 def _probe(url: str, timeout: float = 2.0) -> tuple[int | None, Any]:
     """GET ``url``: (status, parsed JSON or text), or (None, error) when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback/user URL
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             body = response.read()
             status = response.status
     except urllib.error.HTTPError as exc:

@@ -43,8 +43,9 @@ class InferenceEngine:
                 raise TypeError(f"{type(backend).__name__} is not an LLMBackend: it has no {method}() method.")
         self.backend = backend
         self.name = name or type(backend).__name__
-        self.provider_name: str = provider_name or getattr(backend, "provider_name", None) or "unknown"
-        self.span_kind: str = span_kind or getattr(backend, "span_kind", None) or "internal"
+        # The backend knows best (one registered name may give an in-process or a server backend).
+        self.provider_name: str = getattr(backend, "provider_name", None) or provider_name or "unknown"
+        self.span_kind: str = getattr(backend, "span_kind", None) or span_kind or "internal"
         self._started = False
         self._lock = threading.Lock()
 

@@ -7,7 +7,7 @@ happens only when the thing is used, so registering costs nothing at ``init()``.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -24,6 +24,10 @@ def load_object(reference: str) -> Any:
     for part in attr_path.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _names(value: Iterable[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _check_reference(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
@@ -56,7 +60,7 @@ class BackendSpec:
 
     name: str = attrs.field(validator=_check_name)
     factory: str = attrs.field(validator=_check_reference)
-    aliases: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    aliases: tuple[str, ...] = attrs.field(default=(), converter=_names)
     description: str = ""
     #: Value of ``gen_ai.provider.name`` on this backend's spans (lowercase, semconv style).
     provider_name: str = "unknown"

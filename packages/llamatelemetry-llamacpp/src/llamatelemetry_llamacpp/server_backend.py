@@ -1,0 +1,144 @@
+"""``LlamaCppServerBackend``: the ``LLMBackend`` over a running llama.cpp server (CLIENT spans).
+
+Example::
+
+    engine = create_engine("llama.cpp", llama_server_url="http://127.0.0.1:8090")
+    with engine:
+        result = engine.generate(InferenceRequest(messages=[{"role": "user", "content": "Hi"}], max_tokens=32))
+        print(result.text, result.ttft_ms, result.cached_input_tokens)
+
+Who records what. The core's ``InferenceEngine`` owns the request span (``chat {model}``, kind
+CLIENT since this backend says ``span_kind = "client"``), runs the request hooks, and records
+``gen_ai.client.operation.duration`` and ``gen_ai.client.token.usage`` from the result. So the
+backend's client opens no span of its own (one request, one span): it records only what the
+engine cannot, the streaming histograms ``gen_ai.client.operation.time_to_first_chunk`` and
+``gen_ai.client.operation.time_per_output_chunk``, and returns the server's ``timings``,
+``gen_ai.response.time_to_first_chunk`` and the chunk count in ``InferenceResult.attributes``,
+which the engine puts on its span. Called without an engine, the backend records no span; use
+``LlamaCppClient`` directly for traced calls outside an engine.
+
+Generation always streams, whatever ``request.stream`` says, so time to first token is measured
+on the client's clock from the first chunk carrying text; the server's ``timings`` give the
+prefill and decode speeds beside it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Literal
+
+from llamatelemetry.errors import BackendNotStartedError
+from llamatelemetry.inference.base import InferenceRequest, InferenceResult
+from llamatelemetry.semconv import gen_ai
+from llamatelemetry.semconv.mapping import model_display_name
+from llamatelemetry_llamacpp.client import (
+    _CHAT_PATH,
+    _COMPLETION_PATH,
+    DEFAULT_BASE_URL,
+    LlamaCppClient,
+    _chat_payload,
+    _completion_payload,
+    _Endpoint,
+    _Mode,
+)
+
+if TYPE_CHECKING:
+    from llamatelemetry.inference.types import CudaInferenceConfig
+
+__all__ = ["LlamaCppServerBackend"]
+
+
+class LlamaCppServerBackend:
+    """An ``LLMBackend`` that sends each request to a running llama.cpp server and streams the answer.
+
+    ``llama_server_url`` defaults to ``http://127.0.0.1:8090``. ``config`` is kept for reference
+    only: a running server already has its GPU settings (``ServerManager`` applies them when it
+    starts one). ``model`` is sent as the requested model; without it the span is named after
+    the server's own model. ``cache_prompt`` (None: the server's default, on) can switch the
+    prompt cache off for cold measurements. Other keyword arguments go to ``LlamaCppClient``
+    (``timeout``, ``connect_timeout``, ``retries``, ``backoff``).
+    """
+
+    provider_name = gen_ai.PROVIDER_LLAMA_CPP
+    span_kind: Literal["client"] = "client"
+
+    def __init__(self, llama_server_url: str | None = None, config: CudaInferenceConfig | None = None, *,
+                 api_key: str | None = None, model: str | None = None, cache_prompt: bool | None = None,
+                 **client_options: Any) -> None:
+        self._url = llama_server_url or DEFAULT_BASE_URL
+        endpoint = _Endpoint.parse(self._url)  # a malformed URL fails here, not at start()
+        #: The server's URL (without any credentials it held).
+        self.url = endpoint.display_url
+        self.config = config
+        self.cache_prompt = cache_prompt
+        #: ``server.address`` / ``server.port`` of the engine's spans.
+        self.server_address: str = endpoint.address
+        self.server_port: int = endpoint.port
+        self._requested_model = model
+        #: ``gen_ai.request.model`` of the engine's spans: the model asked for, else the server's (after start).
+        self.model_name: str | None = model_display_name(model)
+        self._api_key = api_key
+        self._client_options = client_options
+        self._client: LlamaCppClient | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Check ``/health`` (waiting through model loading as the retries allow) and learn the model name."""
+        with self._lock:
+            if self._client is not None:
+                return
+            client = LlamaCppClient(self._url, api_key=self._api_key, model=self._requested_model,
+                                    **self._client_options)
+            try:
+                client.health()
+                if self._requested_model is None:
+                    self.model_name = model_display_name(client.model_id())
+            except BaseException:
+                client.close()
+                raise
+            self._client = client
+
+    def generate(self, request: InferenceRequest) -> InferenceResult:
+        """Stream ``request`` through the server and report what the client measured and the server said."""
+        client = self._client
+        if client is None:
+            raise BackendNotStartedError("LlamaCppServerBackend is not started: call start() (or use the engine "
+                                         "in a with-block) before generate().")
+        sampling = request.sampling
+        extra: dict[str, Any] = {"repeat_penalty": sampling.repeat_penalty}
+        if sampling.frequency_penalty:
+            extra["frequency_penalty"] = sampling.frequency_penalty
+        if sampling.presence_penalty:
+            extra["presence_penalty"] = sampling.presence_penalty
+        stop = list(sampling.stop) or None
+        if request.operation == gen_ai.OPERATION_TEXT_COMPLETION:
+            path = _COMPLETION_PATH
+            payload = _completion_payload(request.prompt_text, n_predict=request.max_tokens,
+                                          temperature=sampling.temperature, top_p=sampling.top_p,
+                                          top_k=sampling.top_k, stop=stop, seed=sampling.seed, stream=True,
+                                          cache_prompt=self.cache_prompt, extra=extra)
+        else:
+            path = _CHAT_PATH
+            payload = _chat_payload(request.messages, model=request.model or self._requested_model,
+                                    max_tokens=request.max_tokens, temperature=sampling.temperature,
+                                    top_p=sampling.top_p, top_k=sampling.top_k, stop=stop, seed=sampling.seed,
+                                    stream=True, cache_prompt=self.cache_prompt, extra=extra)
+        stream = client._open_stream(request.operation, path, payload, mode=_Mode.ENGINE,
+                                     model=request.model or self.model_name, provider=self.provider_name)
+        parts: list[str] = []
+        with stream:
+            for chunk in stream:
+                if chunk.delta_text:
+                    parts.append(chunk.delta_text)
+        return stream.stats.to_inference_result("".join(parts), request.request_id)
+
+    def shutdown(self) -> None:
+        """Close the connections (the server keeps running); calling it twice is harmless."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def __repr__(self) -> str:
+        state = "started" if self._client is not None else "stopped"
+        return f"<LlamaCppServerBackend {self.url} model={self.model_name!r} {state}>"
