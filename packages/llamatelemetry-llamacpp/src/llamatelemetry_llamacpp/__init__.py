@@ -31,12 +31,17 @@ _LAZY = {
     "LlamaCppServerBackend": "llamatelemetry_llamacpp.server_backend",
     "instrument_llamacpp": "llamatelemetry_llamacpp.instrument",
     "uninstrument_llamacpp": "llamatelemetry_llamacpp.instrument",
+    "is_instrumented": "llamatelemetry_llamacpp.instrument",
+    "check_gguf_file": "llamatelemetry_llamacpp.backend",
     "LlamaCppServerMetrics": "llamatelemetry_llamacpp.metrics_bridge",
     "write_tiny_gguf": "llamatelemetry_llamacpp.testing",
     **{name: "llamatelemetry_llamacpp.errors" for name in (
         "LlamaCppError", "LlamaCppHTTPError", "LlamaCppServerError", "AuthenticationError",
         "ContextSizeExceededError", "ServerFeatureDisabledError", "ServerLoadingError",
         "ServerUnavailableError", "ServerTimeoutError", "StreamProtocolError")},
+    **{name: "llamatelemetry_llamacpp.backend_errors" for name in (
+        "LlamaCppBackendError", "LlamaCppNotInstalledError", "ModelFileNotFoundError", "NotAGGUFError",
+        "TruncatedModelError", "ModelLoadError", "ContextOverflowError", "ChatTemplateError")},
     **{name: "llamatelemetry_llamacpp.server" for name in (
         "ServerStartError", "PortInUseError", "ServerKindUnavailableError")},
 }

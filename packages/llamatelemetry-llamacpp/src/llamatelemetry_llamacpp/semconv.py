@@ -38,7 +38,7 @@ PHASE_TOKENS: Final = "llamatelemetry.phase.tokens"
 PHASE_TOKENS_PER_SECOND: Final = "llamatelemetry.phase.tokens_per_second"
 DECODE_CALLS: Final = "llamatelemetry.decode.calls"
 #: Which phase a ``llama_decode`` call served, on the per-call metrics: ``prefill`` or ``decode``.
-PHASE: Final = "llamatelemetry.phase"
+PHASE: Final = "llamatelemetry.phase.name"
 PHASE_PREFILL: Final = "prefill"
 PHASE_DECODE: Final = "decode"
 

@@ -1,0 +1,502 @@
+"""``instrument_llamacpp``: GenAI spans and metrics on objects the user already has (a ``llama_cpp.Llama``).
+
+An instrumented ``Llama`` records each ``create_completion``, ``create_chat_completion`` and
+``__call__`` as a span shaped like the engine's (``{operation} {model}``, INTERNAL, ``gen_ai.*``
+request attributes from the call's arguments, usage and finish reasons from the response) with the
+GenAI metrics. A streaming call returns an iterator whose span ends when the stream is exhausted,
+closed, fails or is dropped; its time to first chunk is measured from the call. Prompts and
+completions are recorded only when content capture is switched on.
+
+The patch is on the instance, not the class: other ``Llama`` objects are untouched, instrumenting
+twice is harmless, and ``uninstrument_llamacpp`` restores the instance exactly as it was.
+
+More kinds of object are added through ``INSTRUMENTERS`` (see ``register_instrumenter``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import itertools
+import logging
+import sys
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Final, TypeVar, cast
+
+import attrs
+
+from llamatelemetry.semconv import gen_ai
+from llamatelemetry.semconv import llamatelemetry as core_names
+
+__all__ = [
+    "instrument_llamacpp",
+    "uninstrument_llamacpp",
+    "is_instrumented",
+    "Instrumenter",
+    "INSTRUMENTERS",
+    "register_instrumenter",
+    "FINISH_REASONS",
+]
+
+log = logging.getLogger("llamatelemetry.llamacpp")
+
+T = TypeVar("T")
+
+#: llama-cpp-python's finish reasons -> the GenAI semantic-convention values.
+FINISH_REASONS: Final[Mapping[str, str]] = {
+    "stop": gen_ai.FINISH_REASON_STOP,
+    "length": gen_ai.FINISH_REASON_LENGTH,
+    "tool_calls": "tool_call",
+    "function_call": "tool_call",
+    "content_filter": "content_filter",
+}
+
+
+@attrs.frozen
+class Instrumenter:
+    """How to instrument one kind of object: ``check(obj)`` says whether ``instrument``/``uninstrument`` apply.
+
+    ``instrument(obj, **options)`` gets the keyword options given to ``instrument_llamacpp``.
+    """
+
+    check: Callable[[object], bool]
+    instrument: Callable[..., Any]
+    uninstrument: Callable[[Any], Any]
+    is_instrumented: Callable[[Any], bool]
+
+
+# ------------------------------------------------------------------ llama_cpp.Llama
+
+_STATE_ATTRIBUTE: Final = "_llamatelemetry_instrumentation"
+_METHODS: Final[Mapping[str, str]] = {
+    "create_completion": gen_ai.OPERATION_TEXT_COMPLETION,
+    "create_chat_completion": gen_ai.OPERATION_CHAT,
+    # llm(...) looks __call__ up on the class, which calls self.create_completion (instrumented);
+    # this covers explicit llm.__call__(...) too.
+    "__call__": gen_ai.OPERATION_TEXT_COMPLETION,
+}
+_MISSING: Final = object()
+
+# Set while an instrumented call runs: the chat handler's inner create_completion is not a second request.
+_inside_call: contextvars.ContextVar[bool] = contextvars.ContextVar("llamatelemetry_llamacpp_call", default=False)
+
+
+def _is_llama(obj: object) -> bool:
+    # Only an imported llama_cpp can have made a Llama: never import it just to check.
+    module = sys.modules.get("llama_cpp")
+    cls = getattr(module, "Llama", None) if module is not None else None
+    return isinstance(cls, type) and isinstance(obj, cls)
+
+
+@attrs.define
+class _LlamaPatch:
+    """What instrumenting a Llama changed: each method's previous instance attribute (or its absence)."""
+
+    previous: dict[str, object]
+
+
+def _llama_is_instrumented(llm: Any) -> bool:
+    return isinstance(llm.__dict__.get(_STATE_ATTRIBUTE), _LlamaPatch)
+
+
+def _instrument_llama(llm: Any, **options: Any) -> Any:
+    if options:
+        raise TypeError(f"instrument_llamacpp() takes no options for a llama_cpp.Llama; got {', '.join(options)}.")
+    if _llama_is_instrumented(llm):
+        return llm
+    previous = {name: llm.__dict__.get(name, _MISSING) for name in _METHODS}
+    ref = weakref.ref(llm)
+    for name, operation in _METHODS.items():
+        own = previous[name]
+        # The class's function, called through a weak reference: the patch holds no cycle keeping the model alive.
+        target = cast("Callable[..., Any]", getattr(type(llm), name) if own is _MISSING else own)
+        setattr(llm, name, _wrap_llama_method(ref, target, bound=own is not _MISSING, operation=operation))
+    llm.__dict__[_STATE_ATTRIBUTE] = _LlamaPatch(previous=previous)
+    return llm
+
+
+def _uninstrument_llama(llm: Any) -> Any:
+    state = llm.__dict__.pop(_STATE_ATTRIBUTE, None)
+    if not isinstance(state, _LlamaPatch):
+        return llm
+    for name, value in state.previous.items():
+        if value is _MISSING:
+            llm.__dict__.pop(name, None)
+        else:
+            llm.__dict__[name] = value
+    return llm
+
+
+def _wrap_llama_method(ref: weakref.ref[Any], target: Callable[..., Any], *, bound: bool,
+                       operation: str) -> Callable[..., Any]:
+    parameters = list(inspect.signature(target).parameters.values())[0 if bound else 1:]  # without self
+    shape = _CallShape(parameters)
+
+    @functools.wraps(target)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        llm = ref()
+        if _inside_call.get() or llm is None or not _telemetry_active():
+            return target(*args, **kwargs) if bound else target(llm, *args, **kwargs)
+        call: Callable[..., Any] = target if bound else functools.partial(target, llm)
+        return _traced_call(llm, call, shape, operation, args, kwargs)
+
+    return wrapper
+
+
+def _telemetry_active() -> bool:
+    from llamatelemetry.inference.engine import telemetry_active
+
+    return telemetry_active()
+
+
+def _request_attributes(operation: str, model: str | None, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """``gen_ai.*`` request attributes from a llama-cpp-python call's arguments (defaults included)."""
+    attributes: dict[str, Any] = {gen_ai.GEN_AI_OPERATION_NAME: operation,
+                                  gen_ai.GEN_AI_PROVIDER_NAME: gen_ai.PROVIDER_LLAMA_CPP}
+    if model:
+        attributes[gen_ai.GEN_AI_REQUEST_MODEL] = model
+    max_tokens = arguments.get("max_tokens")
+    if isinstance(max_tokens, int) and max_tokens > 0:  # None or <= 0 means "until the context is full"
+        attributes[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
+    for key, attribute in (("temperature", gen_ai.GEN_AI_REQUEST_TEMPERATURE), ("top_p", gen_ai.GEN_AI_REQUEST_TOP_P),
+                           ("top_k", gen_ai.GEN_AI_REQUEST_TOP_K)):
+        value = arguments.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            attributes[attribute] = float(value)
+    for key, attribute in (("frequency_penalty", gen_ai.GEN_AI_REQUEST_FREQUENCY_PENALTY),
+                           ("presence_penalty", gen_ai.GEN_AI_REQUEST_PRESENCE_PENALTY),
+                           ("repeat_penalty", core_names.REQUEST_REPEAT_PENALTY)):
+        value = arguments.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (value or key == "repeat_penalty"):
+            attributes[attribute] = float(value)
+    seed = arguments.get("seed")
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        attributes[gen_ai.GEN_AI_REQUEST_SEED] = seed
+    stop = arguments.get("stop")
+    stops = [stop] if isinstance(stop, str) else [s for s in (stop or ()) if isinstance(s, str)]
+    if stops:
+        attributes[gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES] = stops
+    if arguments.get("stream"):
+        attributes[gen_ai.GEN_AI_REQUEST_STREAM] = True
+    return attributes
+
+
+def _input_messages(operation: str, arguments: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    if operation == gen_ai.OPERATION_CHAT:
+        messages = arguments.get("messages")
+        return list(messages) if isinstance(messages, (list, tuple)) else None
+    prompt = arguments.get("prompt")
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else None
+
+
+class _Call:
+    """One instrumented call: its span, clock, metric attributes, and how it ends."""
+
+    __slots__ = ("capture", "ended", "input_messages", "metric_attributes", "span", "started")
+
+    def __init__(self, span: Any, started: float, metric_attributes: dict[str, Any],
+                 input_messages: list[dict[str, Any]] | None, capture: Any) -> None:
+        self.span = span
+        self.started = started
+        self.metric_attributes = metric_attributes
+        self.input_messages = input_messages
+        self.capture = capture
+        self.ended = False
+
+    def fail(self, exc: BaseException) -> None:
+        """End the span and the duration metric as failed by ``exc``."""
+        from llamatelemetry._runtime import genai_metrics
+        from llamatelemetry.decorators import error_type, record_error
+
+        if self.ended:
+            return
+        self.ended = True
+        elapsed = time.perf_counter() - self.started
+        record_error(self.span, exc)
+        self.span.end()
+        attributes = {**self.metric_attributes, gen_ai.ERROR_TYPE: error_type(exc)}
+        genai_metrics().operation_duration.record(elapsed, attributes)
+
+    def succeed(self, *, response_id: Any, response_model: Any, finish_reasons: list[str], usage: Any,
+                output_text: str | None, extra: Mapping[str, Any] | None = None) -> None:
+        """End the span with the response's attributes and record the GenAI metrics."""
+        from llamatelemetry._runtime import genai_metrics
+        from llamatelemetry.semconv.content import record_content
+        from llamatelemetry.semconv.mapping import model_display_name, with_compat
+
+        if self.ended:
+            return
+        self.ended = True
+        elapsed = time.perf_counter() - self.started
+        span = self.span
+        metric_attributes = self.metric_attributes
+        attributes: dict[str, Any] = dict(extra or {})
+        if isinstance(response_id, str) and response_id:
+            attributes[gen_ai.GEN_AI_RESPONSE_ID] = response_id
+        model = model_display_name(response_model) if isinstance(response_model, str) and response_model else None
+        if model:
+            attributes[gen_ai.GEN_AI_RESPONSE_MODEL] = model
+            metric_attributes = {**metric_attributes, gen_ai.GEN_AI_RESPONSE_MODEL: model}
+        if finish_reasons:
+            attributes[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] = finish_reasons
+        input_tokens = output_tokens = None
+        if isinstance(usage, Mapping):
+            input_tokens, output_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            if isinstance(input_tokens, int):
+                attributes[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] = input_tokens
+            if isinstance(output_tokens, int):
+                attributes[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] = output_tokens
+        if span.is_recording():
+            span.set_attributes(with_compat(attributes))
+            record_content(span, self.capture, input_messages=self.input_messages, output_text=output_text,
+                           finish_reason=finish_reasons[0] if finish_reasons else None)
+        span.end()
+        metrics = genai_metrics()
+        metrics.operation_duration.record(elapsed, metric_attributes)
+        # In-process, the caller is the server too, as for the engine's in-process backends.
+        metrics.server_request_duration.record(elapsed, metric_attributes)
+        for token_type, count in ((gen_ai.TOKEN_TYPE_INPUT, input_tokens), (gen_ai.TOKEN_TYPE_OUTPUT, output_tokens)):
+            if isinstance(count, int):
+                metrics.token_usage.record(count, {**metric_attributes, gen_ai.GEN_AI_TOKEN_TYPE: token_type})
+
+
+def _choices(response: Any) -> list[Mapping[str, Any]]:
+    choices = response.get("choices") if isinstance(response, Mapping) else None
+    return [c for c in choices if isinstance(c, Mapping)] if isinstance(choices, list) else []
+
+
+def _finish_reasons(choices: list[Mapping[str, Any]]) -> list[str]:
+    reasons = [c.get("finish_reason") for c in choices]
+    return [FINISH_REASONS.get(r, r) for r in reasons if isinstance(r, str) and r]
+
+
+def _choice_text(choice: Mapping[str, Any]) -> str | None:
+    for key in ("text", "message", "delta"):
+        value = choice.get(key)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, Mapping) and isinstance(value.get("content"), str):
+            return str(value["content"])
+    return None
+
+
+class _CallShape:
+    """A method's parameter names and defaults, to read a call's effective arguments without ``Signature.bind``."""
+
+    __slots__ = ("defaults", "positional")
+
+    def __init__(self, parameters: list[inspect.Parameter]) -> None:
+        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        self.positional = [p.name for p in parameters if p.kind in kinds]
+        self.defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+    def arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The arguments a call gets, defaults included (a wrong call is left for the method itself to refuse)."""
+        arguments = dict(self.defaults)
+        arguments.update(zip(self.positional, args, strict=False))
+        arguments.update(kwargs)
+        return arguments
+
+
+def _traced_call(llm: Any, call: Callable[..., Any], shape: _CallShape, operation: str,
+                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    from opentelemetry import context as context_api
+    from opentelemetry import trace
+
+    from llamatelemetry._runtime import current, get_tracer
+    from llamatelemetry.semconv.content import CaptureMode
+    from llamatelemetry.semconv.mapping import model_display_name, span_name, with_compat
+
+    started = time.perf_counter()
+    arguments = shape.arguments(args, kwargs)
+    model = model_display_name(arguments.get("model") or getattr(llm, "model_path", None))
+    attributes = _request_attributes(operation, model, arguments)
+    metric_keys = (gen_ai.GEN_AI_OPERATION_NAME, gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_REQUEST_MODEL)
+    metric_attributes: dict[str, Any] = {k: attributes[k] for k in metric_keys if k in attributes}
+    telemetry = current()
+    capture = telemetry.capture_content if telemetry is not None else CaptureMode.NO_CONTENT
+    span = get_tracer().start_span(span_name(operation, model), kind=trace.SpanKind.INTERNAL,
+                                   attributes=with_compat(attributes))
+    record = _Call(span, started, metric_attributes,
+                   _input_messages(operation, arguments) if capture is not CaptureMode.NO_CONTENT else None, capture)
+    inside = _inside_call.set(True)
+    attached = context_api.attach(trace.set_span_in_context(span))
+    try:
+        response = call(*args, **kwargs)
+    except BaseException as exc:
+        record.fail(exc)
+        raise
+    finally:
+        context_api.detach(attached)
+        _inside_call.reset(inside)
+    if arguments.get("stream"):
+        return _TracedStream(response, record)
+    choices = _choices(response)
+    record.succeed(
+        response_id=response.get("id") if isinstance(response, Mapping) else None,
+        response_model=response.get("model") if isinstance(response, Mapping) else None,
+        finish_reasons=_finish_reasons(choices),
+        usage=response.get("usage") if isinstance(response, Mapping) else None,
+        output_text=_choice_text(choices[0]) if choices and capture is not CaptureMode.NO_CONTENT else None,
+    )
+    return response
+
+
+class _TracedStream(Iterator[Any]):
+    """A llama-cpp-python stream whose span ends when it is exhausted, closed, fails or is garbage-collected.
+
+    Only a clock read happens per chunk; metrics and attributes are computed at the end.
+    """
+
+    def __init__(self, inner: Any, record: _Call) -> None:
+        from llamatelemetry.semconv.content import CaptureMode
+
+        self._inner = iter(inner)
+        self._record = record
+        self._times: list[float] = []
+        self._first: Mapping[str, Any] | None = None
+        self._finish: list[str] = []
+        self._text: list[str] | None = [] if record.capture is not CaptureMode.NO_CONTENT else None
+
+    def __iter__(self) -> _TracedStream:
+        return self
+
+    def __next__(self) -> Any:
+        if self._record.ended:
+            raise StopIteration
+        try:
+            chunk = next(self._inner)
+        except StopIteration:
+            self._end(closed_early=False)
+            raise
+        except BaseException as exc:
+            self._record.fail(exc)
+            raise
+        self._times.append(time.perf_counter())
+        choices = chunk.get("choices") if isinstance(chunk, Mapping) else None
+        if choices:
+            choice = choices[0]
+            reason = choice.get("finish_reason")
+            if reason:
+                self._finish.append(FINISH_REASONS.get(reason, reason))
+            if self._text is not None:
+                text = _choice_text(choice)
+                if text:
+                    self._text.append(text)
+        if self._first is None and isinstance(chunk, Mapping):
+            self._first = chunk
+        return chunk
+
+    def close(self) -> None:
+        """Stop the stream early (the generation stops too) and end its span."""
+        if self._record.ended:
+            return
+        close = getattr(self._inner, "close", None)
+        try:
+            if close is not None:
+                close()
+        finally:
+            self._end(closed_early=True)
+
+    def __enter__(self) -> _TracedStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A stream dropped before its end still ends its span, marked closed early.
+        try:
+            self.close()
+        except Exception:  # at interpreter exit OpenTelemetry may be half torn down
+            log.debug("ending an abandoned llama_cpp stream span failed", exc_info=True)
+
+    def _end(self, *, closed_early: bool) -> None:
+        from llamatelemetry._runtime import genai_metrics
+
+        record = self._record
+        if record.ended:
+            return
+        times = self._times
+        extra: dict[str, Any] = {core_names.STREAM_CHUNKS: len(times)}
+        if closed_early:
+            extra[core_names.STREAM_CLOSED_EARLY] = True
+        if times:
+            metrics = genai_metrics()
+            attributes = record.metric_attributes
+            first = times[0] - record.started
+            extra[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = first
+            metrics.time_to_first_chunk.record(first, attributes)
+            per_chunk = metrics.time_per_output_chunk.record
+            for previous, now in itertools.pairwise(times):
+                per_chunk(now - previous, attributes)
+        first_chunk = self._first or {}
+        record.succeed(
+            response_id=first_chunk.get("id"), response_model=first_chunk.get("model"),
+            finish_reasons=self._finish[-1:], usage=None,  # llama-cpp-python streams carry no usage
+            output_text="".join(self._text) if self._text is not None else None, extra=extra,
+        )
+
+
+# ------------------------------------------------------------------ the extension point
+
+#: Supported kinds of object, by the name the TypeError shows; the first whose ``check`` accepts wins.
+#: ``LlamaCppClient`` (the llama.cpp server client) registers itself here with ``register_instrumenter``.
+def _is_client(obj: object) -> bool:
+    # The client module imports httpx: only a loaded module can have made a client.
+    module = sys.modules.get("llamatelemetry_llamacpp.client")
+    if module is None:
+        return False
+    return isinstance(obj, (module.LlamaCppClient, module.AsyncLlamaCppClient))
+
+
+def _client_as_is(client: Any, **options: Any) -> Any:
+    # LlamaCppClient records its calls itself, while telemetry is on; patching it would double its spans.
+    if options:
+        raise TypeError(f"instrument_llamacpp() takes no options for a LlamaCppClient; got {', '.join(options)}.")
+    return client
+
+
+INSTRUMENTERS: dict[str, Instrumenter] = {
+    "llama_cpp.Llama": Instrumenter(check=_is_llama, instrument=_instrument_llama,
+                                    uninstrument=_uninstrument_llama, is_instrumented=_llama_is_instrumented),
+    "llamatelemetry.llama.LlamaCppClient": Instrumenter(
+        check=_is_client, instrument=_client_as_is, uninstrument=lambda client: client,
+        is_instrumented=lambda client: True),
+}
+
+
+def register_instrumenter(type_name: str, instrumenter: Instrumenter) -> None:
+    """Teach ``instrument_llamacpp`` another kind of object (``type_name`` is what error messages call it)."""
+    INSTRUMENTERS[type_name] = instrumenter
+
+
+def _instrumenter_for(obj: object) -> Instrumenter:
+    for instrumenter in INSTRUMENTERS.values():
+        if instrumenter.check(obj):
+            return instrumenter
+    raise TypeError(f"instrument_llamacpp() supports {', '.join(INSTRUMENTERS)}; got {type(obj).__module__}."
+                    f"{type(obj).__qualname__}.")
+
+
+def instrument_llamacpp(obj: T, **options: Any) -> T:
+    """Record ``obj``'s completion and chat calls as GenAI spans and metrics, in place; returns ``obj``."""
+    _instrumenter_for(obj).instrument(obj, **options)
+    return obj
+
+
+def uninstrument_llamacpp(obj: T) -> T:
+    """Undo ``instrument_llamacpp(obj)`` exactly; harmless on an object that is not instrumented."""
+    _instrumenter_for(obj).uninstrument(obj)
+    return obj
+
+
+def is_instrumented(obj: object) -> bool:
+    """Whether ``instrument_llamacpp`` has instrumented ``obj`` (and it was not undone since)."""
+    for instrumenter in INSTRUMENTERS.values():
+        if instrumenter.check(obj):
+            return instrumenter.is_instrumented(obj)
+    return False
