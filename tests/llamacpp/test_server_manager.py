@@ -146,3 +146,30 @@ def test_no_server_outlives_the_interpreter(smollm2_gguf: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert _gone(int(result.stdout.strip())), "the at-exit hook stops servers the program forgot"
+
+
+def test_llama_cpp_python_server_kind(tiny_gguf: Path, tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp", reason='pip install "llama-cpp-python[server]"')
+    pytest.importorskip("uvicorn", reason='pip install "llama-cpp-python[server]"')
+    import httpx
+
+    with ServerManager(log_dir=tmp_path) as manager:
+        manager.start_server(tiny_gguf, kind="llama-cpp-python", port=None, gpu_layers=0, ctx_size=512,
+                             flash_attn=False, timeout_s=120)
+        assert manager.is_running()
+        reply = httpx.post(f"{manager.base_url}/v1/chat/completions", timeout=60,
+                           json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+                                 "temperature": 0}).json()
+        assert reply["usage"]["completion_tokens"] == 4
+        pid = manager.pid
+    assert pid is not None and _gone(pid)
+
+
+def test_llama_server_binary_kind(tiny_gguf: Path, tmp_path: Path) -> None:
+    import shutil
+
+    if shutil.which("llama-server") is None:
+        pytest.skip("no llama-server binary on PATH (llama.cpp's own build; not available from PyPI)")
+    with ServerManager(log_dir=tmp_path) as manager:
+        manager.start_server(tiny_gguf, kind="llama-server", port=None, gpu_layers=0, ctx_size=512)
+        assert manager.is_running()

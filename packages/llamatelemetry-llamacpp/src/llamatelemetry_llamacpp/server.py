@@ -228,6 +228,11 @@ class ServerManager:
         return f"http://{host}:{self.settings.port}"
 
     @property
+    def _health_path(self) -> str:
+        # llama_cpp.server has no /health; its model list answers once the model is loaded.
+        return "/v1/models" if self.kind == "llama-cpp-python" else "/health"
+
+    @property
     def pid(self) -> int | None:
         """The server process id (None when not running or attached)."""
         return self._process.pid if self._process is not None else None
@@ -238,7 +243,7 @@ class ServerManager:
             return False
         if self._process is not None and self._process.poll() is not None:
             return False
-        status, _ = _probe(f"{self.base_url}/health", timeout=1.0)
+        status, _ = _probe(f"{self.base_url}{self._health_path}", timeout=1.0)
         return status == 200
 
     # ------------------------------------------------------------------ start
@@ -368,14 +373,14 @@ class ServerManager:
             if self._process.poll() is not None:
                 raise ServerStartError(f"The {self.kind} server exited with code {self._process.returncode} "
                                        f"while starting.\n{self.log_tail()}")
-            status, body = _probe(f"{self.base_url}/health", timeout=2.0)
+            status, body = _probe(f"{self.base_url}{self._health_path}", timeout=2.0)
             if status == 200:
                 return
             last = body if status is not None else "no answer yet"
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
         raise ServerStartError(f"The {self.kind} server at {self.base_url} was not healthy after {timeout_s:.0f} s "
-                               f"(last /health: {last!r}).\n{self.log_tail()}")
+                               f"(last {self._health_path}: {last!r}).\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of the server's log (for error messages)."""
