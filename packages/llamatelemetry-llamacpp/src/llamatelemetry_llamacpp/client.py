@@ -61,6 +61,7 @@ from llamatelemetry_llamacpp.errors import (
     StreamProtocolError,
     http_error,
 )
+from llamatelemetry_llamacpp.semconv import semconv_finish_reason
 
 try:
     import httpx
@@ -105,22 +106,6 @@ _CHAT_PATH: Final = "/v1/chat/completions"
 _COMPLETION_PATH: Final = "/completion"
 _EMBEDDINGS_PATH: Final = "/v1/embeddings"
 _MAX_BACKOFF_S: Final = 8.0
-
-# llama.cpp's stop types and OpenAI-style reasons -> semantic-convention finish reasons.
-_FINISH_REASONS: Final[dict[str, str]] = {
-    "stop": gen_ai.FINISH_REASON_STOP, "eos": gen_ai.FINISH_REASON_STOP, "word": gen_ai.FINISH_REASON_STOP,
-    "limit": gen_ai.FINISH_REASON_LENGTH, "length": gen_ai.FINISH_REASON_LENGTH,
-    "tool_calls": "tool_call", "tool_call": "tool_call", "function_call": "tool_call",
-    "content_filter": "content_filter", "error": "error",
-}
-
-
-def semconv_finish_reason(reason: str | None) -> str | None:
-    """A semantic-convention finish reason for llama.cpp's (``eos``/``word``/``stop`` -> stop, ``limit`` -> length)."""
-    if not reason or reason == "none":
-        return None
-    return _FINISH_REASONS.get(reason, reason)
-
 
 # ==================================================================================== records
 

@@ -30,6 +30,7 @@ import attrs
 
 from llamatelemetry.semconv import gen_ai
 from llamatelemetry.semconv import llamatelemetry as core_names
+from llamatelemetry_llamacpp.semconv import semconv_finish_reason
 
 __all__ = [
     "instrument_llamacpp",
@@ -38,7 +39,6 @@ __all__ = [
     "Instrumenter",
     "INSTRUMENTERS",
     "register_instrumenter",
-    "FINISH_REASONS",
 ]
 
 log = logging.getLogger("llamatelemetry.llamacpp")
@@ -46,13 +46,6 @@ log = logging.getLogger("llamatelemetry.llamacpp")
 T = TypeVar("T")
 
 #: llama-cpp-python's finish reasons -> the GenAI semantic-convention values.
-FINISH_REASONS: Final[Mapping[str, str]] = {
-    "stop": gen_ai.FINISH_REASON_STOP,
-    "length": gen_ai.FINISH_REASON_LENGTH,
-    "tool_calls": "tool_call",
-    "function_call": "tool_call",
-    "content_filter": "content_filter",
-}
 
 
 @attrs.frozen
@@ -270,7 +263,7 @@ def _choices(response: Any) -> list[Mapping[str, Any]]:
 
 def _finish_reasons(choices: list[Mapping[str, Any]]) -> list[str]:
     reasons = [c.get("finish_reason") for c in choices]
-    return [FINISH_REASONS.get(r, r) for r in reasons if isinstance(r, str) and r]
+    return [reason for reason in map(semconv_finish_reason, reasons) if reason]
 
 
 def _choice_text(choice: Mapping[str, Any]) -> str | None:
@@ -381,7 +374,7 @@ class _TracedStream(Iterator[Any]):
             choice = choices[0]
             reason = choice.get("finish_reason")
             if reason:
-                self._finish.append(FINISH_REASONS.get(reason, reason))
+                self._finish.append(semconv_finish_reason(reason) or reason)
             if self._text is not None:
                 text = _choice_text(choice)
                 if text:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from llamatelemetry.semconv import gen_ai
+
 # ---- span names (INTERNAL, in-process llama-cpp-python); the request span is "{operation} {model}"
 SPAN_MODEL_LOAD: Final = "llama_cpp.model.load"
 SPAN_CONTEXT_CREATE: Final = "llama_cpp.context.create"
@@ -75,3 +77,19 @@ SERVER_METRIC_PREFIX: Final = "llamatelemetry.llama_cpp.server."
 #: Server /slots: busy and total slots.
 METRIC_SERVER_SLOTS_BUSY: Final = "llamatelemetry.llama_cpp.server.slots.busy"
 METRIC_SERVER_SLOTS_TOTAL: Final = "llamatelemetry.llama_cpp.server.slots.total"
+
+
+# ---- finish reasons: llama.cpp's stop types and OpenAI-style reasons -> semantic-convention values
+FINISH_REASONS: Final[dict[str, str]] = {
+    "stop": gen_ai.FINISH_REASON_STOP, "eos": gen_ai.FINISH_REASON_STOP, "word": gen_ai.FINISH_REASON_STOP,
+    "limit": gen_ai.FINISH_REASON_LENGTH, "length": gen_ai.FINISH_REASON_LENGTH,
+    "tool_calls": "tool_call", "tool_call": "tool_call", "function_call": "tool_call",
+    "content_filter": "content_filter", "error": "error",
+}
+
+
+def semconv_finish_reason(reason: str | None) -> str | None:
+    """A semantic-convention finish reason for llama.cpp's (``eos``/``word``/``stop`` -> stop, ``limit`` -> length)."""
+    if not reason or reason == "none":
+        return None
+    return FINISH_REASONS.get(reason, reason)
