@@ -13,6 +13,8 @@ import nox
 ROOT = Path(__file__).parent
 PACKAGES = ["core", "llamacpp", "transformers", "nccl", "unsloth", "kaggle"]
 PACKAGE_DIRS = [f"packages/llamatelemetry-{name}" for name in PACKAGES]
+# A third-party-style plugin, installed like any user's plugin: the tutorial's code, tested in CI.
+EXAMPLE_DIRS = ["examples/llamatelemetry-example-backend"]
 TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "rotel==0.0.1a15", "opentelemetry-proto>=1.27", "grpcio>=1.60",
              "build>=1.2"]
 # Real llama.cpp: the embedded C++ server (prebuilt wheel), the GGUF writer for tiny models.
@@ -31,7 +33,7 @@ nox.options.error_on_missing_interpreters = False
 
 def _install_packages(session: nox.Session) -> None:
     editable: list[str] = []
-    for directory in PACKAGE_DIRS:
+    for directory in PACKAGE_DIRS + EXAMPLE_DIRS:
         editable += ["-e", directory]
     session.install(*editable)
 
@@ -60,7 +62,7 @@ def demo(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff over the packages, tests, benchmarks and this file."""
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "packages", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "packages", "examples", "tests", "benchmarks", "noxfile.py")
 
 
 @nox.session
@@ -68,7 +70,7 @@ def typecheck(session: nox.Session) -> None:
     """mypy (strict) over every distribution's source."""
     _install_packages(session)
     session.install("mypy>=1.11", "pytest>=8", "numpy>=1.26", "httpx>=0.27")
-    session.run("mypy", *[f"{d}/src" for d in PACKAGE_DIRS])
+    session.run("mypy", *[f"{d}/src" for d in PACKAGE_DIRS + EXAMPLE_DIRS])
 
 
 @nox.session
