@@ -62,7 +62,7 @@ def demo(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff over the packages, tests, benchmarks and this file."""
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "packages", "examples", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "packages", "examples", "_template", "tests", "benchmarks", "noxfile.py")
 
 
 @nox.session
