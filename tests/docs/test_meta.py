@@ -135,3 +135,12 @@ def test_every_emitted_name_is_in_the_telemetry_reference(llama_server: Any, tin
     static_spans = {span.name for span in spans if " " not in span.name}
     missing = sorted(name for name in attributes | metric_names | events | static_spans if not _documented(name))
     assert not missing, f"emitted but not in docs/reference/telemetry.md: {missing}"
+
+
+def test_every_environment_variable_the_code_reads_is_documented() -> None:
+    configuration = (ROOT / "docs" / "configuration.md").read_text()
+    sources = [p for d in ("packages", "examples") for p in (ROOT / d).rglob("*.py")]
+    variables = {v for path in sources for v in re.findall(r"\"(LLAMATELEMETRY_[A-Z_]+)\"", path.read_text())}
+    variables |= {v for path in sources for v in re.findall(r"\"(OTEL_[A-Z_]+)\"", path.read_text())}
+    missing = sorted(v for v in variables if f"`{v}`" not in configuration)
+    assert variables and not missing, f"add these to docs/configuration.md: {missing}"
