@@ -17,7 +17,14 @@ of 5 repeats of the median over several timed batches, after a warm-up):
    spans created, and the number the sink received (the sink lives in this process and shares
    the GIL, so the rate is a conservative figure);
 5. ``import llamatelemetry``: cumulative time from ``python -X importtime``, and the heavy modules
-   (torch, transformers, llama_cpp, pynvml, httpx, grpc, opentelemetry.sdk) it pulls in (none allowed).
+   (torch, transformers, llama_cpp, pynvml, httpx, grpc, opentelemetry.sdk) it pulls in (none allowed);
+6. attaching GPU state to a span: after ``init(enable_gpu=True)``, the request hooks as the engine
+   calls them (``request_start`` + ``request_end`` on a recording span) with the GPU enricher
+   registered, minus the same calls without it (<= 5 us), best of many short alternating batches;
+   the sampler's thread runs meanwhile. Also for a model split over two GPUs (info).
+   On a machine without an NVIDIA GPU the sampler reads ``FakeNVML`` (the table says so), which
+   changes nothing on the measured path: span edges read the sampler's last values, never NVML
+   (a row counts the NVML calls made per span).
 
 It is a report, not a test: it exits 0 even when a budget is over (the verdict column says OVER).
 
@@ -40,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -104,7 +112,7 @@ def _section(row: Row) -> int:
     head = row.measurement.strip()
     if head[:1].isdigit():
         return int(head[0])
-    for word, section in (("disabled", 1), ("enabled", 2), ("export", 4), ("import", 5)):
+    for word, section in (("disabled", 1), ("enabled", 2), ("export", 4), ("import", 5), ("gpu", 6)):
         if head.startswith(word):
             return section
     return 9
@@ -469,6 +477,110 @@ def bench_import() -> None:
         failed(name, "no heavy modules", exc)
 
 
+# --------------------------------------------------------------------------- 6. GPU state on a span
+
+
+def _fake_gpus(count: int) -> Any:
+    """A FakeNVML with ``count`` T4-shaped devices, for machines without an NVIDIA GPU."""
+    from llamatelemetry.testing.fake_nvml import FakeDevice, FakeNVML, FakeReading
+
+    mib = 1024 * 1024
+    reading = FakeReading(memory_used_bytes=1026 * mib, utilization_pct=97, power_mw=70_000, energy_mj=5_000_000,
+                          temperature_c=55, sm_clock_mhz=1590, memory_clock_mhz=5001)
+    return FakeNVML([FakeDevice("Tesla T4 (FakeNVML)", f"GPU-fake-{i}", 15360 * mib, [reading])
+                     for i in range(count)])
+
+
+def bench_gpu_span() -> None:
+    """The GPU enricher's request hooks per span, one GPU and a model split over two."""
+    from llamatelemetry.gpu import list_devices
+
+    real = len(list_devices())
+    for devices in (1, 2):
+        if devices == 1:
+            name, budget = f"6. attaching GPU state to a span ({'NVML' if real else 'FakeNVML'}, 1 GPU)", "<= 5 us"
+        else:
+            name, budget = "   gpu: attaching GPU state, model split over 2 GPUs", "(<= 5 us)"
+        if real and real < devices:
+            add(name, "n/a (one GPU here)", "-", budget)
+            continue
+        fake = None if real else _fake_gpus(devices)
+        previous = sys.modules.get("pynvml")
+        if fake is not None:
+            sys.modules["pynvml"] = fake
+        chosen = os.environ.get("LLAMATELEMETRY_GPU_DEVICES")
+        os.environ["LLAMATELEMETRY_GPU_DEVICES"] = ",".join(str(i) for i in range(devices))
+        try:
+            _gpu_span_rows(name, budget, fake, devices)
+        except Exception as exc:
+            failed(name, budget, exc)
+        finally:
+            if chosen is None:
+                os.environ.pop("LLAMATELEMETRY_GPU_DEVICES", None)
+            else:
+                os.environ["LLAMATELEMETRY_GPU_DEVICES"] = chosen
+            if fake is not None:
+                if previous is None:
+                    sys.modules.pop("pynvml", None)
+                else:
+                    sys.modules["pynvml"] = previous
+
+
+def _gpu_span_rows(name: str, budget: str, fake: Any, devices: int) -> None:
+    """Time the request hooks with and without the GPU enricher registered, alternately."""
+    from llamatelemetry.gpu.plugin import ENRICHER_NAME, running_sampler
+    from llamatelemetry.plugins import get_plugin_manager
+    from llamatelemetry.testing import fresh_plugin_manager
+
+    with fresh_plugin_manager():
+        telemetry = llamatelemetry.init(service_name="perf", traces_exporter="none", metrics_exporter="none",
+                                        enable_gpu=True)
+        try:
+            pm = get_plugin_manager()
+            enricher = pm.pluggy_manager.get_plugin(ENRICHER_NAME)
+            if enricher is None or running_sampler() is None:
+                raise RuntimeError("init(enable_gpu=True) started no GPU telemetry")
+            result = NullBackend().generate(REQUEST)
+            # One recording span for every call: creating and ending spans would cost the same on both
+            # sides but add most of the noise; setting the same attributes again costs what setting them does.
+            span = telemetry.tracer.start_span("chat perf-model")
+
+            def hooks(_: object) -> None:
+                pm.request_start(span, REQUEST)
+                pm.request_end(span, REQUEST, result, None)
+
+            # Short batches, alternated many times, best of each: other load on the machine only adds time,
+            # so the minimum is the figure least disturbed by it.
+            per_call_ns(hooks, None, calls=2_000, batches=1)  # warm-up
+            best_bare = best_inst = float("inf")
+            for _ in range(REPEATS * 8):
+                pm.unregister(enricher)
+                best_bare = min(best_bare, per_call_ns(hooks, None, calls=1_000, batches=1))
+                pm.register(enricher, name=ENRICHER_NAME)
+                best_inst = min(best_inst, per_call_ns(hooks, None, calls=1_000, batches=1))
+            if devices == 1:
+                at_most(name, best_inst - best_bare, 5)
+            else:
+                add(name, f"{(best_inst - best_bare) / 1e3:.2f}", "us", budget)
+            # The part no enricher can avoid: the SDK validating and storing the same attributes.
+            gpu_attributes = {k: v for k, v in (span.attributes or {}).items() if k.startswith("llamatelemetry.gpu")}
+            floor = min(per_call_ns(span.set_attributes, gpu_attributes, calls=1_000, batches=1)
+                        for _ in range(REPEATS * 8))
+            add(f"   gpu: SDK floor, span.set_attributes of those {len(gpu_attributes)} attributes",
+                f"{floor / 1e3:.2f}", "us")
+            if fake is not None and devices == 1:
+                me = threading.get_ident()  # the sampler's own thread reads NVML meanwhile: not counted
+                before = fake.calls_by_thread[me]
+                for _ in range(1_000):
+                    hooks(None)
+                calls = (fake.calls_by_thread[me] - before) / 1_000
+                add("   gpu: NVML calls per span (FakeNVML counts them)", f"{calls:g}", "calls", "0",
+                    "ok" if calls == 0 else "OVER")
+            span.end()
+        finally:
+            llamatelemetry.shutdown()
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -513,6 +625,7 @@ def main() -> int:
     finally:
         engine.shutdown()
         llamatelemetry.shutdown()
+    bench_gpu_span()
     bench_import()
     print_table()
     return 0

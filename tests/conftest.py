@@ -38,7 +38,7 @@ def _nvidia_gpu_present() -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip ``gpu``-marked tests where no NVIDIA GPU is present."""
-    gpu_items = [item for item in items if "gpu" in item.keywords]
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
     if gpu_items and not _nvidia_gpu_present():
         skip = pytest.mark.skip(reason="needs an NVIDIA GPU (NVML or nvidia-smi found none)")
         for item in gpu_items:

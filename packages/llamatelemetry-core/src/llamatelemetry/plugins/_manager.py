@@ -103,6 +103,10 @@ class PluginManager:
 
         self._register(commands, "llamatelemetry.builtin.cli", distribution="llamatelemetry-core",
                        version=_version_of("llamatelemetry-core"), status="builtin")
+        from llamatelemetry.gpu.plugin import PLUGIN_NAME, GPUTelemetryPlugin
+
+        self._register(GPUTelemetryPlugin(), PLUGIN_NAME, distribution="llamatelemetry-core",
+                       version=_version_of("llamatelemetry-core"), status="builtin")
         self._builtins_registered = True
 
     def _load_installed(self) -> None:
