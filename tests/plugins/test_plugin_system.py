@@ -237,11 +237,12 @@ def test_register_refuses_a_second_plugin_under_the_same_name() -> None:
 def test_unknown_backend_lists_installed_and_install_command(fake_dists: Any) -> None:
     _install_standard(fake_dists)
     with fresh_plugin_manager(load_entry_points=True):
+        # A first-party backend whose plugin registers none yet (the transformers plugin now registers its own).
         with pytest.raises(BackendNotFoundError) as caught:
-            create_engine("transformers")
+            create_engine("unsloth")
         message = str(caught.value)
         assert "good-echo" in message
-        assert "llamatelemetry-core[transformers]" in message or "llamatelemetry-transformers" in message
+        assert "llamatelemetry-core[unsloth]" in message or "llamatelemetry-unsloth" in message
         with pytest.raises(BackendNotFoundError, match=r"no-such-engine.*good-echo"):
             create_engine("no-such-engine")
 

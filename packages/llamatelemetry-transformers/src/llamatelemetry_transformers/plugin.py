@@ -1,3 +1,62 @@
-"""Entry point of the transformers plugin; it registers no hooks yet."""
+"""Entry point of the transformers plugin: what it registers with llamatelemetry.
+
+Importing this module imports neither torch nor transformers: the records name what to import
+when a user asks for it, and the GPU enricher's hooks only look at ``sys.modules``.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from llamatelemetry.plugins import BackendSpec, InstrumentorSpec, StageSpec, hookimpl
+from llamatelemetry_transformers import gpu
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from llamatelemetry.inference.base import InferenceRequest, InferenceResult
+
+
+@hookimpl
+def llamatelemetry_register_backends() -> list[BackendSpec]:
+    """``transformers``: a Hugging Face causal LM in this process (``model_path=`` or ``model=``/``tokenizer=``)."""
+    return [BackendSpec(
+        name="transformers", aliases=("hf", "huggingface"),
+        factory="llamatelemetry_transformers.factory:create_backend", provider_name="transformers",
+        description="Hugging Face transformers in-process: a save_pretrained folder (model_path=) or your "
+                    "model= and tokenizer=",
+    )]
+
+
+@hookimpl
+def llamatelemetry_register_instrumentors() -> list[InstrumentorSpec]:
+    """``transformers``: patch a user's model ``generate`` (or text-generation pipeline)."""
+    return [InstrumentorSpec(
+        name="transformers", factory="llamatelemetry_transformers.instrument:instrument_transformers",
+        uninstrument="llamatelemetry_transformers.instrument:uninstrument_transformers",
+        description="spans and metrics on a transformers model's generate() and text-generation pipelines",
+    )]
+
+
+@hookimpl
+def llamatelemetry_register_stages() -> list[StageSpec]:
+    """``quantize:dynamic`` (torch int8, CPU) and ``quantize:nf4`` (bitsandbytes 4-bit, CUDA)."""
+    return [
+        StageSpec(name="dynamic", kind="quantize", factory="llamatelemetry_transformers.quantize:quantize_dynamic",
+                  description="torch dynamic int8 quantization of nn.Linear layers (CPU)"),
+        StageSpec(name="nf4", kind="quantize", factory="llamatelemetry_transformers.quantize:quantize_nf4",
+                  description="bitsandbytes 4-bit NF4/FP4 quantization (NVIDIA GPU)"),
+    ]
+
+
+@hookimpl
+def llamatelemetry_request_start(span: Span, request: InferenceRequest) -> None:
+    """The torch GPU enricher: CUDA memory at the request's start (nothing unless CUDA is in use)."""
+    gpu.on_request_start(span)
+
+
+@hookimpl
+def llamatelemetry_request_end(span: Span, request: InferenceRequest, result: InferenceResult | None,
+                               error: BaseException | None) -> None:
+    """The torch GPU enricher: CUDA memory at the request's end, and the difference from its start."""
+    gpu.on_request_end(span)

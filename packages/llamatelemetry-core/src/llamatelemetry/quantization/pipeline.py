@@ -1,0 +1,103 @@
+"""``QuantizationPipeline``: pick the stage for a quantization type from the plugins' registry, and run it.
+
+The stages come from the plugin manager's ``stages()`` registry (kind ``"quantize"``): the
+transformers plugin registers ``dynamic`` (torch int8, CPU) and ``nf4`` (bitsandbytes, CUDA). A type
+no installed plugin produces raises ``StageNotFoundError`` with what to install or run instead.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final
+
+from llamatelemetry.quantization.stages import (
+    STAGE_KIND,
+    GGUFNotAvailableError,
+    QuantizationResult,
+    StageNotFoundError,
+    method_for,
+)
+
+if TYPE_CHECKING:
+    from llamatelemetry.pipeline.spans import PipelineContext, PipelineTracer
+    from llamatelemetry.plugins.records import StageSpec
+
+__all__ = ["QuantizationPipeline", "available_methods", "find_stage"]
+
+# First-party stages and the extra that installs them, for the install hint.
+_FIRST_PARTY: Final = {"dynamic": "transformers", "nf4": "transformers"}
+
+
+def available_methods() -> list[str]:
+    """Names of the installed quantization stages."""
+    from llamatelemetry.plugins import get_plugin_manager
+
+    return sorted(spec.name for spec in get_plugin_manager().stages().values() if spec.kind == STAGE_KIND)
+
+
+def find_stage(kind: str, name: str) -> StageSpec:
+    """The registered stage ``kind:name``, or ``StageNotFoundError`` saying how to get it."""
+    from llamatelemetry.plugins import get_plugin_manager
+
+    stages = get_plugin_manager().stages()
+    spec = stages.get(f"{kind}:{name}")
+    if spec is not None:
+        return spec
+    available = [s.name for s in stages.values() if s.kind == kind]
+    if name == "gguf":
+        what = "GGUF conversion" if kind == "export" else "GGUF quantization"
+        raise GGUFNotAvailableError(kind, name, available, what)
+    extra = _FIRST_PARTY.get(name) if kind == STAGE_KIND else None
+    if extra is not None:
+        from importlib import metadata
+
+        from llamatelemetry.errors import PluginNotInstalledError
+
+        distribution = f"llamatelemetry-{extra}"
+        try:
+            metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            feature = f"The {name!r} quantization stage"
+            raise PluginNotInstalledError(feature, extra, distribution=distribution) from None
+        raise StageNotFoundError(kind, name, available, hint=(
+            f"{distribution} is installed but did not register it: upgrade it (pip install --upgrade "
+            f'"{distribution}") or check LLAMATELEMETRY_DISABLE_PLUGINS / LLAMATELEMETRY_PLUGINS.'))
+    raise StageNotFoundError(kind, name, available)
+
+
+class QuantizationPipeline:
+    """Quantize a model with the stage that produces ``quant_type``, traced as a pipeline stage.
+
+    Example::
+
+        pipeline = QuantizationPipeline(pipeline_ctx=PipelineContext(base_model="tiny-llama"))
+        result = pipeline.run(model, output_path="model-int8.pt", quant_type="int8")
+        pipeline.pipeline_ctx.manifest.save("manifest.json")
+    """
+
+    def __init__(self, pipeline_ctx: PipelineContext | None = None, *, tracer: PipelineTracer | None = None) -> None:
+        from llamatelemetry.pipeline.spans import PipelineContext, PipelineTracer
+
+        self.pipeline_ctx = pipeline_ctx if pipeline_ctx is not None else PipelineContext()
+        self.tracer = tracer if tracer is not None else PipelineTracer()
+
+    def available_methods(self) -> list[str]:
+        """Names of the installed quantization stages."""
+        return available_methods()
+
+    def run(self, model: Any, output_path: Any = None, quant_type: str | None = None, *, method: str | None = None,
+            **options: Any) -> QuantizationResult:
+        """Quantize ``model`` (an object or a local folder) to ``quant_type``; ``method`` picks the stage by name."""
+        if quant_type is None and method is None:
+            raise ValueError("QuantizationPipeline.run needs quant_type= ('int8', 'nf4', or a GGUF type such as "
+                             f"'Q4_K_M') or method= (installed: {', '.join(available_methods()) or 'none'}).")
+        chosen = method or method_for(quant_type or "")
+        if chosen is None:
+            raise ValueError(f"quant_type={quant_type!r} is not a type any stage is known to produce: use 'int8' "
+                             "(torch dynamic, CPU), 'nf4' (bitsandbytes, CUDA), a GGUF type such as 'Q4_K_M', or "
+                             f"name the stage with method= (installed: {', '.join(available_methods()) or 'none'}).")
+        stage = find_stage(STAGE_KIND, chosen).load()
+        if self.pipeline_ctx.quantization is None and quant_type is not None:
+            self.pipeline_ctx.quantization = quant_type
+        result: QuantizationResult = stage(model, output_path, quant_type=quant_type, ctx=self.pipeline_ctx,
+                                           tracer=self.tracer, **options)
+        return result

@@ -1,0 +1,83 @@
+"""The exceptions of the transformers plugin; each message says what is wrong and what to do."""
+
+from __future__ import annotations
+
+import os
+
+from llamatelemetry.errors import LlamaTelemetryError
+
+__all__ = [
+    "ENGINE_INSTALL_COMMAND",
+    "TransformersBackendError",
+    "TransformersNotInstalledError",
+    "ModelFolderNotFoundError",
+    "ModelLoadError",
+    "ContextOverflowError",
+    "ChatTemplateError",
+    "QuantizationError",
+    "QuantizationUnavailableError",
+]
+
+ENGINE_INSTALL_COMMAND = 'pip install "llamatelemetry-transformers[engine]"'
+
+
+class TransformersBackendError(LlamaTelemetryError):
+    """Base class of the transformers plugin's errors."""
+
+
+class TransformersNotInstalledError(TransformersBackendError, ImportError):
+    """torch or transformers, which the plugin runs models with, is not installed."""
+
+    def __init__(self, missing: str, feature: str = "TransformersBackend") -> None:
+        self.install_command = ENGINE_INSTALL_COMMAND
+        super().__init__(
+            f"{feature} needs {missing}, which is not installed. Install it with: {ENGINE_INSTALL_COMMAND} "
+            "(where torch is already installed, as on Kaggle or Colab, pip keeps that build; otherwise install "
+            "the torch build for your CUDA version first, from pytorch.org).",
+            name=missing,
+        )
+
+
+class ModelFolderNotFoundError(TransformersBackendError, FileNotFoundError):
+    """The model path names no folder holding a transformers model."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, reason: str | None = None) -> None:
+        self.path = None if path is None else os.fspath(path)
+        if path is None:
+            message = ("TransformersBackend needs model_path= (a folder written by save_pretrained) or model= and "
+                       "tokenizer= (objects you already loaded).")
+        elif reason is not None:
+            message = f"{self.path!r} is not a transformers model folder: {reason}."
+        else:
+            message = (f"Model folder {self.path!r} does not exist: check the path (relative paths start from "
+                       f"{os.getcwd()!r}). To download a Hugging Face Hub id instead, pass local_files_only=False.")
+        super().__init__(message)
+
+
+class ModelLoadError(TransformersBackendError, RuntimeError):
+    """transformers could not load the model or tokenizer from a folder that looks right."""
+
+
+class ContextOverflowError(TransformersBackendError, ValueError):
+    """The prompt does not fit in the context window, with room for at least one generated token."""
+
+    def __init__(self, prompt_tokens: int, n_ctx: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.n_ctx = n_ctx
+        super().__init__(
+            f"The prompt is {prompt_tokens} tokens but the context window holds {n_ctx} (the prompt and at least "
+            "one generated token must fit): shorten the prompt, or raise the limit with "
+            "CudaInferenceConfig(ctx_size=...) or max_context= when the model supports longer inputs."
+        )
+
+
+class ChatTemplateError(TransformersBackendError, ValueError):
+    """The tokenizer's chat template could not turn the messages into a prompt."""
+
+
+class QuantizationError(TransformersBackendError, RuntimeError):
+    """A quantization stage failed on this model."""
+
+
+class QuantizationUnavailableError(QuantizationError):
+    """A quantization method cannot run on this machine (no CUDA for bitsandbytes, for instance)."""

@@ -1,0 +1,569 @@
+"""``instrument_transformers``: GenAI spans and metrics on a model (or text-generation pipeline) you already have.
+
+An instrumented model records each ``generate`` call as a span shaped like the engine's
+(``{operation} {model}``, INTERNAL, ``gen_ai.*`` request attributes from the call's arguments and
+the model's generation config), with exact input and output token counts read from the ids (per
+sequence and in total for batches), finish reasons, time to first token from a ``TokenClock``
+streamer (the caller's own streamer still gets every token), ``transformers.prefill`` /
+``transformers.decode`` child spans, the request hooks (the torch GPU enricher among them) and
+the GenAI metrics. A failing call ends its span with status ERROR and ``error.type``.
+
+A pipeline (``pipeline("text-generation", ...)``) is instrumented through its model; a chat input
+makes the span a ``chat``. Prompts and completions are recorded only when content capture is on
+(single-sequence calls; batches record counts only).
+
+The patch is on the instance, not the class: other models are untouched, instrumenting twice is
+harmless, ``uninstrument_transformers`` restores the instance exactly as it was, and a deep copy of
+an instrumented model is instrumented itself.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy as copy_module
+import enum
+import functools
+import itertools
+import logging
+import sys
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Literal, TypeVar
+
+import attrs
+
+from llamatelemetry.semconv import gen_ai
+from llamatelemetry.semconv import llamatelemetry as core_names
+from llamatelemetry_transformers import semconv as names
+from llamatelemetry_transformers.generation import TokenClock, count_outputs, eos_token_ids, phase_rates, record_phases
+
+__all__ = ["instrument_transformers", "uninstrument_transformers", "is_instrumented"]
+
+log = logging.getLogger("llamatelemetry.transformers")
+
+T = TypeVar("T")
+
+_STATE: Final = "_llamatelemetry_instrumentation"
+
+
+class _Missing(enum.Enum):
+    """The instance had no attribute of that name (an enum member survives deep copies as itself)."""
+
+    MISSING = "missing"
+
+
+_MISSING: Final = _Missing.MISSING
+
+# Set while an instrumented generate runs: a generate inside it (an assistant model's) is not a second request.
+_inside: contextvars.ContextVar[bool] = contextvars.ContextVar("llamatelemetry_transformers_generate", default=False)
+# Set by an instrumented pipeline around its model call: what the user gave the pipeline.
+_pipeline_input: contextvars.ContextVar[_PipelineInput | None] = contextvars.ContextVar(
+    "llamatelemetry_transformers_pipeline", default=None)
+
+
+@attrs.frozen
+class _PipelineInput:
+    """What a pipeline call was given: its task and the prompt (a string, a chat, or a batch of them)."""
+
+    task: str | None
+    prompt: Any
+
+
+@attrs.define
+class _ModelState:
+    """What instrumenting a model changed, and what its spans need."""
+
+    previous: object
+    tokenizer: Any
+    model_name: str | None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _ModelState:
+        # A copied model shares the tokenizer; copying it would cost and change nothing.
+        return _ModelState(previous=copy_module.deepcopy(self.previous, memo), tokenizer=self.tokenizer,
+                           model_name=self.model_name)
+
+
+@attrs.define
+class _PipelineState:
+    """What instrumenting a pipeline changed."""
+
+    previous: object
+    instrumented_model: bool
+
+
+class _MethodPatch:
+    """An instance attribute standing in for a method: ``handler(obj, call, args, kwargs)`` runs each call.
+
+    It holds its object through a weak reference (no cycle keeps a model alive), refuses to be
+    pickled (a pickled patch would call the wrong object), and a deep copy of the object gets a
+    patch bound to the copy.
+    """
+
+    def __init__(self, obj: object, target: Callable[..., Any], *, bound: bool,
+                 handler: Callable[[Any, Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]) -> None:
+        self._ref = weakref.ref(obj)
+        self._target = target
+        self._bound = bound
+        self._handler = handler
+        functools.update_wrapper(self, target)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        obj = self._ref()
+        if obj is None:
+            raise ReferenceError(f"{self._target.__name__}() of an instrumented object that no longer exists: keep a "
+                                 "reference to the model (or pipeline) while you use its methods.")
+        call = self._target if self._bound else self._target.__get__(obj, type(obj))
+        return self._handler(obj, call, args, kwargs)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _MethodPatch:
+        obj = self._ref()
+        copied = memo.get(id(obj)) if obj is not None else None
+        if copied is None:
+            return self  # copied on its own, not as part of its object: it keeps serving the original
+        target = copy_module.deepcopy(self._target, memo) if self._bound else self._target
+        return _MethodPatch(copied, target, bound=self._bound, handler=self._handler)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("An instrumented transformers object cannot be pickled: call uninstrument_transformers(obj) "
+                        "first, or save the model with save_pretrained().")
+
+
+def _telemetry_active() -> bool:
+    from llamatelemetry.inference.engine import telemetry_active
+
+    return telemetry_active()
+
+
+def _patch(obj: Any, name: str, handler: Callable[..., Any]) -> object:
+    """Put a ``_MethodPatch`` for ``obj.name`` on the instance; return the instance's previous attribute."""
+    previous = obj.__dict__.get(name, _MISSING)
+    target = getattr(type(obj), name) if previous is _MISSING else previous
+    obj.__dict__[name] = _MethodPatch(obj, target, bound=previous is not _MISSING, handler=handler)
+    return previous
+
+
+def _unpatch(obj: Any, name: str, previous: object) -> None:
+    if previous is _MISSING:
+        obj.__dict__.pop(name, None)
+    else:
+        obj.__dict__[name] = previous
+
+
+# ------------------------------------------------------------------ kinds of object
+
+def _is_pipeline(obj: object) -> bool:
+    # Only an imported transformers can have made a pipeline: never import it just to check.
+    module = sys.modules.get("transformers.pipelines.base")
+    cls = getattr(module, "Pipeline", None) if module is not None else None
+    return isinstance(cls, type) and isinstance(obj, cls)
+
+
+def _is_model(obj: object) -> bool:
+    return callable(getattr(obj, "generate", None)) and hasattr(obj, "config")
+
+
+def is_instrumented(obj: object) -> bool:
+    """Whether ``instrument_transformers`` has instrumented ``obj`` (and it was not undone since)."""
+    state = getattr(obj, "__dict__", {}).get(_STATE)
+    return isinstance(state, (_ModelState, _PipelineState))
+
+
+def instrument_transformers(target: T, tokenizer: Any = None, *, model_name: str | None = None) -> T:
+    """Record ``target``'s ``generate`` calls (a model, or a pipeline's model) as GenAI spans and metrics.
+
+    ``tokenizer`` finds the end-of-sequence and pad ids and turns ids into text for content
+    capture; a pipeline brings its own. ``model_name`` names the model on spans (default: the
+    folder or Hub id it was loaded from). Returns ``target``, instrumented in place.
+    """
+    if _is_pipeline(target):
+        pipe: Any = target
+        if is_instrumented(pipe):
+            return target
+        model = pipe.model
+        own = not is_instrumented(model)
+        instrument_transformers(model, tokenizer if tokenizer is not None else pipe.tokenizer, model_name=model_name)
+        previous = _patch(pipe, "forward", _pipeline_forward)
+        pipe.__dict__[_STATE] = _PipelineState(previous=previous, instrumented_model=own)
+        return target
+    if not _is_model(target):
+        raise TypeError("instrument_transformers() takes a transformers model (with generate()) or a pipeline; got "
+                        f"{type(target).__module__}.{type(target).__qualname__}.")
+    model = target
+    state = model.__dict__.get(_STATE)
+    if isinstance(state, _ModelState):
+        # Again: keep the patch, take the newer tokenizer and name if given.
+        if tokenizer is not None:
+            state.tokenizer = tokenizer
+        if model_name is not None:
+            state.model_name = model_name
+        return target
+    previous = _patch(model, "generate", _traced_generate)
+    model.__dict__[_STATE] = _ModelState(previous=previous, tokenizer=tokenizer,
+                                         model_name=model_name or _model_name(model))
+    return target
+
+
+def uninstrument_transformers(target: T) -> T:
+    """Undo ``instrument_transformers(target)`` exactly; harmless on an object that is not instrumented."""
+    obj: Any = target
+    state = getattr(obj, "__dict__", {}).pop(_STATE, None)
+    if isinstance(state, _PipelineState):
+        _unpatch(obj, "forward", state.previous)
+        if state.instrumented_model:
+            uninstrument_transformers(obj.model)
+    elif isinstance(state, _ModelState):
+        _unpatch(obj, "generate", state.previous)
+    return target
+
+
+def _model_name(model: Any) -> str | None:
+    from llamatelemetry.semconv.mapping import model_display_name
+
+    name = getattr(model, "name_or_path", None)
+    return model_display_name(name) if isinstance(name, str) and name else None
+
+
+def _pipeline_forward(pipe: Any, call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    model_inputs = args[0] if args else kwargs.get("model_inputs")
+    prompt = model_inputs.get("prompt_text") if isinstance(model_inputs, Mapping) else None
+    token = _pipeline_input.set(_PipelineInput(getattr(pipe, "task", None), prompt))
+    try:
+        return call(*args, **kwargs)
+    finally:
+        _pipeline_input.reset(token)
+
+
+# ------------------------------------------------------------------ one generate call
+
+def _setting(name: str, kwargs: Mapping[str, Any], *configs: Any) -> Any:
+    """A generation setting as generate resolves it: the call's keyword, else the first config that sets it."""
+    if name in kwargs:
+        return kwargs[name]
+    for config in configs:
+        value = getattr(config, name, None) if config is not None else None
+        if value is not None:
+            return value
+    return None
+
+
+def _chat_messages(prompt: Any) -> list[dict[str, Any]] | None:
+    messages = getattr(prompt, "messages", None)  # transformers' Chat wrapper
+    if isinstance(messages, list):
+        return [dict(m) for m in messages if isinstance(m, Mapping)]
+    return None
+
+
+@attrs.define(slots=True)
+class _Call:
+    """The facts of one generate call that the span, hooks and metrics are made from."""
+
+    model: Any
+    state: _ModelState
+    started_ns: int
+    started: float
+    operation: Literal["chat", "text_completion"]
+    model_name: str | None
+    width: int  # prompt columns at the start of each output row (0 when generate returns new tokens only)
+    prompt_tokens: list[int]  # per prompt, padding excluded
+    repeats: int  # num_return_sequences
+    max_new: int | None
+    eos_ids: frozenset[int]
+    pad_id: int | None
+    user_streamer: Any
+    clock: TokenClock | None
+    messages: list[dict[str, Any]] | None
+    task: str | None
+
+
+def _prompt_facts(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[int, list[int]]:
+    """(prompt columns in the output rows, per-prompt token counts without padding)."""
+    input_ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
+    mask = kwargs.get("attention_mask")
+    encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+    if input_ids is None or not hasattr(input_ids, "shape"):
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None or not hasattr(embeds, "shape"):
+            return 0, []
+        rows, columns = int(embeds.shape[0]), int(embeds.shape[1])
+        counts = [int(n) for n in mask.sum(dim=-1).tolist()] if mask is not None else [columns] * rows
+        return (1 if encoder_decoder else 0), counts  # from embeddings, generate returns the new tokens only
+    if input_ids.dim() == 1:
+        input_ids = input_ids.unsqueeze(0)
+    rows, columns = int(input_ids.shape[0]), int(input_ids.shape[1])
+    counts = [int(n) for n in mask.sum(dim=-1).tolist()] if mask is not None else [columns] * rows
+    # An encoder-decoder's output rows start with the decoder start token, not the prompt.
+    return (1 if encoder_decoder else columns), counts
+
+
+def _traced_generate(model: Any, call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if _inside.get() or not _telemetry_active():
+        return call(*args, **kwargs)
+    started_ns, started = time.time_ns(), time.perf_counter()
+    try:
+        facts = _call_facts(model, args, kwargs, started_ns, started)
+    except Exception:  # telemetry never breaks inference: an input we cannot read is generated untraced
+        log.debug("could not read this generate call's inputs; it runs without a span", exc_info=True)
+        return call(*args, **kwargs)
+    if facts.clock is not None:
+        kwargs = {**kwargs, "streamer": facts.clock}
+    return _run_traced(facts, call, args, kwargs)
+
+
+def _call_facts(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], started_ns: int,
+                started: float) -> _Call:
+    state: _ModelState = model.__dict__[_STATE]
+    tokenizer = state.tokenizer
+    config = kwargs.get("generation_config")
+    default = getattr(model, "generation_config", None)
+    width, prompt_tokens = _prompt_facts(model, args, kwargs)
+    repeats = int(_setting("num_return_sequences", kwargs, config, default) or 1)
+    max_new = _setting("max_new_tokens", kwargs, config, default)
+    if max_new is None:
+        max_length = _setting("max_length", kwargs, config, default)
+        max_new = max_length - width if isinstance(max_length, int) and width else None
+    eos_override = kwargs.get("eos_token_id")
+    eos = (frozenset(int(v) for v in (eos_override if isinstance(eos_override, (list, tuple)) else [eos_override]))
+           if eos_override is not None else eos_token_ids(config, default, tokenizer=tokenizer))
+    pad = _setting("pad_token_id", kwargs, config, default)
+    if pad is None and tokenizer is not None:
+        pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None and eos:
+        pad = min(eos)
+    user_streamer = kwargs.get("streamer")
+    num_beams = int(_setting("num_beams", kwargs, config, default) or 1)
+    # generate refuses a streamer with beam search, continuous batching or a custom generate: no clock there.
+    clockable = (num_beams == 1 and kwargs.get("cache_implementation") != "paged"
+                 and kwargs.get("custom_generate") is None)
+    pipeline_input = _pipeline_input.get()
+    messages = _chat_messages(pipeline_input.prompt) if pipeline_input is not None else None
+    return _Call(
+        model=model, state=state, started_ns=started_ns, started=started,
+        operation="chat" if messages is not None else "text_completion",
+        model_name=state.model_name, width=width, prompt_tokens=prompt_tokens, repeats=repeats,
+        max_new=int(max_new) if isinstance(max_new, int) else None, eos_ids=eos,
+        pad_id=None if pad is None else int(pad), user_streamer=user_streamer,
+        clock=TokenClock(user_streamer) if clockable else None, messages=messages,
+        task=pipeline_input.task if pipeline_input is not None else None,
+    )
+
+
+def _request_attributes(facts: _Call, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    config = kwargs.get("generation_config")
+    default = getattr(facts.model, "generation_config", None)
+    attributes: dict[str, Any] = {gen_ai.GEN_AI_OPERATION_NAME: facts.operation,
+                                  gen_ai.GEN_AI_PROVIDER_NAME: gen_ai.PROVIDER_TRANSFORMERS}
+    if facts.model_name:
+        attributes[gen_ai.GEN_AI_REQUEST_MODEL] = facts.model_name
+    if facts.max_new is not None:
+        attributes[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] = facts.max_new
+    if _setting("do_sample", kwargs, config, default):
+        for key, attribute in (("temperature", gen_ai.GEN_AI_REQUEST_TEMPERATURE),
+                               ("top_p", gen_ai.GEN_AI_REQUEST_TOP_P), ("top_k", gen_ai.GEN_AI_REQUEST_TOP_K)):
+            value = _setting(key, kwargs, config, default)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                attributes[attribute] = float(value)
+    else:
+        attributes[gen_ai.GEN_AI_REQUEST_TEMPERATURE] = 0.0  # greedy, as the GenAI conventions express it
+    penalty = _setting("repetition_penalty", kwargs, config, default)
+    if isinstance(penalty, (int, float)) and not isinstance(penalty, bool) and penalty != 1.0:
+        attributes[core_names.REQUEST_REPEAT_PENALTY] = float(penalty)
+    stops = _setting("stop_strings", kwargs, config, default)
+    stops = [stops] if isinstance(stops, str) else [s for s in (stops or ()) if isinstance(s, str)]
+    if stops:
+        attributes[gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES] = stops
+    if facts.user_streamer is not None:
+        attributes[gen_ai.GEN_AI_REQUEST_STREAM] = True
+    if facts.task:
+        attributes[names.PIPELINE_TASK] = facts.task
+    return attributes
+
+
+def _hook_request(facts: _Call, args: tuple[Any, ...], kwargs: Mapping[str, Any],
+                  attributes: Mapping[str, Any]) -> Any:
+    """The call as an ``InferenceRequest`` for the request hooks, or ``None`` if it cannot be one."""
+    from llamatelemetry.errors import ValidationError
+    from llamatelemetry.inference.base import InferenceRequest
+    from llamatelemetry.inference.types import SamplingParams
+
+    messages = facts.messages
+    if messages is None:
+        texts = _prompt_texts(facts, args, kwargs)
+        content: Any = texts[0] if len(texts) == 1 else [{"type": "text", "text": t} for t in texts] or None
+        messages = [{"role": "user", "content": content}]
+    sampling: dict[str, Any] = {"temperature": attributes.get(gen_ai.GEN_AI_REQUEST_TEMPERATURE, 0.0)}
+    if gen_ai.GEN_AI_REQUEST_TOP_P in attributes:
+        sampling["top_p"] = attributes[gen_ai.GEN_AI_REQUEST_TOP_P]
+    if gen_ai.GEN_AI_REQUEST_TOP_K in attributes:
+        sampling["top_k"] = int(attributes[gen_ai.GEN_AI_REQUEST_TOP_K])
+    if core_names.REQUEST_REPEAT_PENALTY in attributes:
+        sampling["repeat_penalty"] = attributes[core_names.REQUEST_REPEAT_PENALTY]
+    if gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES in attributes:
+        sampling["stop"] = attributes[gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES]
+    try:
+        return InferenceRequest(messages=messages, max_tokens=max(1, facts.max_new or 1),
+                                sampling=SamplingParams(**sampling), model=facts.model_name,
+                                stream=facts.user_streamer is not None, operation=facts.operation)
+    except (ValidationError, TypeError, ValueError):
+        log.debug("this generate call cannot be expressed as an InferenceRequest; request hooks are skipped")
+        return None
+
+
+def _prompt_texts(facts: _Call, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[str]:
+    tokenizer = facts.state.tokenizer
+    input_ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
+    if tokenizer is None or input_ids is None or not hasattr(input_ids, "tolist"):
+        return []
+    rows = input_ids.tolist()
+    rows = [rows] if rows and isinstance(rows[0], int) else rows
+    pad = facts.pad_id
+    return [str(tokenizer.decode([t for t in row if t != pad], skip_special_tokens=True)) for row in rows]
+
+
+def _run_traced(facts: _Call, call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    from opentelemetry import context as context_api
+    from opentelemetry import trace
+
+    from llamatelemetry._runtime import current, get_tracer
+    from llamatelemetry.plugins import get_plugin_manager
+    from llamatelemetry.semconv.content import CaptureMode
+    from llamatelemetry.semconv.mapping import span_name, with_compat
+
+    attributes = _request_attributes(facts, kwargs)
+    tracer = get_tracer()
+    span = tracer.start_span(span_name(facts.operation, facts.model_name), kind=trace.SpanKind.INTERNAL,
+                             start_time=facts.started_ns, attributes=with_compat(attributes))
+    telemetry = current()
+    capture = telemetry.capture_content if telemetry is not None else CaptureMode.NO_CONTENT
+    pm = get_plugin_manager()
+    hook_request = None
+    if pm.has_impls("llamatelemetry_request_start") or pm.has_impls("llamatelemetry_request_end"):
+        hook_request = _hook_request(facts, args, kwargs, attributes)
+        if hook_request is not None:
+            pm.request_start(span, hook_request)
+    metric_keys = (gen_ai.GEN_AI_OPERATION_NAME, gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_REQUEST_MODEL)
+    metric_attributes: dict[str, Any] = {k: attributes[k] for k in metric_keys if k in attributes}
+    parent = trace.set_span_in_context(span)
+    inside = _inside.set(True)
+    attached = context_api.attach(parent)
+    try:
+        output = call(*args, **kwargs)
+    except BaseException as exc:
+        _fail(facts, span, parent, hook_request, metric_attributes, exc)
+        raise
+    finally:
+        context_api.detach(attached)
+        _inside.reset(inside)
+    try:
+        _succeed(facts, span, parent, hook_request, metric_attributes, output, capture, args, kwargs)
+    except Exception:  # telemetry never breaks inference: the caller still gets its output
+        log.warning("recording a transformers generate call failed; its span may lack attributes", exc_info=True)
+        if span.is_recording():
+            span.end()
+    return output
+
+
+def _fail(facts: _Call, span: Any, parent: Any, hook_request: Any, metric_attributes: dict[str, Any],
+          exc: BaseException) -> None:
+    from llamatelemetry._runtime import genai_metrics, get_tracer
+    from llamatelemetry.decorators import error_type, record_error
+    from llamatelemetry.plugins import get_plugin_manager
+
+    elapsed = time.perf_counter() - facts.started
+    if facts.clock is not None:
+        record_phases(get_tracer(), facts.clock, sum(facts.prompt_tokens), parent=parent, error=exc)
+    record_error(span, exc)
+    if hook_request is not None:
+        get_plugin_manager().request_end(span, hook_request, None, exc)
+    span.end()
+    genai_metrics().operation_duration.record(elapsed, {**metric_attributes, gen_ai.ERROR_TYPE: error_type(exc)})
+
+
+def _succeed(facts: _Call, span: Any, parent: Any, hook_request: Any, metric_attributes: dict[str, Any],
+             output: Any, capture: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    from llamatelemetry._runtime import genai_metrics, get_tracer
+    from llamatelemetry.inference.base import InferenceResult
+    from llamatelemetry.plugins import get_plugin_manager
+    from llamatelemetry.semconv.content import CaptureMode, record_content
+    from llamatelemetry.semconv.mapping import with_compat
+
+    ended_ns = time.time_ns()
+    elapsed = time.perf_counter() - facts.started
+    sequences = getattr(output, "sequences", output)
+    rows = sequences[:, facts.width:].tolist()
+    counts = count_outputs(rows, facts.eos_ids, pad_id=facts.pad_id, max_new_tokens=facts.max_new,
+                           batched=len(rows) > 1)
+    per_sequence_input = [n for n in facts.prompt_tokens for _ in range(facts.repeats)]
+    input_total = sum(facts.prompt_tokens)  # each prompt once, however many sequences it gave
+    output_total = sum(c.output_tokens for c in counts)
+    finish_reasons = [c.finish_reason for c in counts]
+    clock = facts.clock
+    total_s = (ended_ns - facts.started_ns) / 1e9
+    attributes: dict[str, Any] = {
+        gen_ai.GEN_AI_USAGE_INPUT_TOKENS: input_total,
+        gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS: output_total,
+        gen_ai.GEN_AI_RESPONSE_FINISH_REASONS: finish_reasons,
+        names.BATCH_SIZE: len(rows),
+        names.SEQUENCE_OUTPUT_TOKENS: [c.output_tokens for c in counts],
+        names.GENERATION_STEPS: len(clock.steps_ns) if clock is not None else (len(rows[0]) if rows else 0),
+    }
+    if len(per_sequence_input) == len(rows):
+        attributes[names.SEQUENCE_INPUT_TOKENS] = per_sequence_input
+    if facts.model_name:
+        attributes[gen_ai.GEN_AI_RESPONSE_MODEL] = facts.model_name
+    if total_s > 0:
+        attributes[core_names.RESPONSE_TOKENS_PER_SECOND] = output_total / total_s
+    ttft = decode_tps = None
+    if clock is not None:
+        first = clock.first_token_ns
+        if first is not None:
+            ttft = (first - facts.started_ns) / 1e9
+            attributes[core_names.RESPONSE_TIME_TO_FIRST_TOKEN] = ttft
+        prefill_tps, decode_tps = phase_rates(clock, input_total)
+        if prefill_tps:
+            attributes[core_names.RESPONSE_PREFILL_TOKENS_PER_SECOND] = prefill_tps
+        if decode_tps:
+            attributes[core_names.RESPONSE_DECODE_TOKENS_PER_SECOND] = decode_tps
+        if facts.user_streamer is not None:
+            attributes[core_names.STREAM_CHUNKS] = len(clock.steps_ns)
+            if ttft is not None:
+                attributes[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = ttft
+    single = len(rows) == 1
+    needs_text = single and (capture is not CaptureMode.NO_CONTENT or hook_request is not None)
+    tokenizer = facts.state.tokenizer
+    text = (str(tokenizer.decode(counts[0].token_ids, skip_special_tokens=True))
+            if needs_text and tokenizer is not None else None)
+    if span.is_recording():
+        span.set_attributes(with_compat(attributes))
+        if single and capture is not CaptureMode.NO_CONTENT:
+            prompt_texts = _prompt_texts(facts, args, kwargs) if facts.messages is None else []
+            inputs = facts.messages if facts.messages is not None else [
+                {"role": "user", "content": t} for t in prompt_texts]
+            record_content(span, capture, input_messages=inputs, output_text=text,
+                           finish_reason=finish_reasons[0] if finish_reasons else None)
+    if clock is not None:
+        record_phases(get_tracer(), clock, input_total, parent=parent)
+    if hook_request is not None:
+        result = InferenceResult(
+            text=text or "", ttft_ms=ttft * 1e3 if ttft is not None else None,
+            tps=output_total / total_s if total_s > 0 else None, input_tokens=input_total,
+            output_tokens=output_total, decode_tps=decode_tps, total_ms=total_s * 1e3,
+            finish_reason=finish_reasons[0] if single else None, model=facts.model_name,
+            request_id=hook_request.request_id)
+        get_plugin_manager().request_end(span, hook_request, result, None)
+    span.end(end_time=ended_ns)
+    metrics = genai_metrics()
+    metrics.operation_duration.record(elapsed, metric_attributes)
+    # In-process, the caller is the server too, as for the engine's in-process backends.
+    metrics.server_request_duration.record(elapsed, metric_attributes)
+    for token_type, count in ((gen_ai.TOKEN_TYPE_INPUT, input_total), (gen_ai.TOKEN_TYPE_OUTPUT, output_total)):
+        metrics.token_usage.record(count, {**metric_attributes, gen_ai.GEN_AI_TOKEN_TYPE: token_type})
+    if ttft is not None:
+        metrics.server_time_to_first_token.record(ttft, metric_attributes)
+    if decode_tps:
+        metrics.server_time_per_output_token.record(1.0 / decode_tps, metric_attributes)
+    if clock is not None and facts.user_streamer is not None and ttft is not None:
+        metrics.time_to_first_chunk.record(ttft, metric_attributes)
+        per_chunk = metrics.time_per_output_chunk.record
+        for previous, now in itertools.pairwise(clock.steps_ns):
+            per_chunk((now - previous) / 1e9, metric_attributes)
