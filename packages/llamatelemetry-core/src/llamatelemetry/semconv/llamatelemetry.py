@@ -41,3 +41,23 @@ CODE_FUNCTION_NAME: Final = "code.function.name"
 TELEMETRY_SPANS_EXPORTED: Final = "llamatelemetry.telemetry.spans.exported"
 TELEMETRY_SPANS_DROPPED: Final = "llamatelemetry.telemetry.spans.dropped"
 TELEMETRY_EXPORT_FAILURES: Final = "llamatelemetry.telemetry.export.failures"
+
+# ---- benchmark harness (span attributes of `benchmark {test}` and `benchmark request` spans)
+#: The test (load level) a span belongs to: "concurrency=4", "rate=2/s".
+BENCH_TEST: Final = "llamatelemetry.bench.test"
+#: "concurrency" (closed loop), "rate" (open loop, Poisson arrivals) or "sequential" (in-process backends).
+BENCH_MODE: Final = "llamatelemetry.bench.mode"
+BENCH_CONCURRENCY: Final = "llamatelemetry.bench.concurrency"
+#: Poisson arrival rate of an open-loop test, requests per second.
+BENCH_REQUEST_RATE: Final = "llamatelemetry.bench.request_rate"
+BENCH_NUM_REQUESTS: Final = "llamatelemetry.bench.num_requests"
+BENCH_REQUEST_INDEX: Final = "llamatelemetry.bench.request.index"
+BENCH_PROMPT_ID: Final = "llamatelemetry.bench.prompt.id"
+#: True on warm-up requests, which the report leaves out of every figure.
+BENCH_WARMUP: Final = "llamatelemetry.bench.warmup"
+#: Seconds the request was sent after it was due.
+BENCH_SCHEDULE_LAG: Final = "llamatelemetry.bench.schedule_lag"
+#: Longest gap between two output chunks of the request, seconds (a stall).
+BENCH_INTER_CHUNK_GAP_MAX: Final = "llamatelemetry.bench.inter_chunk_gap.max"
+#: Most tokens one output chunk carried.
+BENCH_TOKENS_PER_CHUNK_MAX: Final = "llamatelemetry.bench.tokens_per_chunk.max"
