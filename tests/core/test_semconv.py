@@ -131,6 +131,8 @@ def test_constants_are_in_their_namespaces() -> None:
     ours.pop("NAMESPACE")
     standard = {ours.pop("CODE_FUNCTION_NAME")}
     assert standard == {"code.function.name"}
+    # Attribute values, not names: what llamatelemetry.phase.name holds.
+    assert (ours.pop("PHASE_PREFILL"), ours.pop("PHASE_DECODE")) == ("prefill", "decode")
     assert all(v.startswith("llamatelemetry.") for v in ours.values()), ours
     assert len(set(ours.values())) == len(ours)
     assert names.STREAM_CHUNKS == "llamatelemetry.stream.chunks"

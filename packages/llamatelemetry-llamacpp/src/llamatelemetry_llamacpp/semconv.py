@@ -9,6 +9,36 @@ from __future__ import annotations
 from typing import Final
 
 from llamatelemetry.semconv import gen_ai
+from llamatelemetry.semconv.llamatelemetry import (  # shared with every in-process backend
+    MODEL_LOAD_DURATION as MODEL_LOAD_DURATION,
+)
+from llamatelemetry.semconv.llamatelemetry import (
+    MODEL_PARAMETERS as MODEL_PARAMETERS,
+)
+from llamatelemetry.semconv.llamatelemetry import (
+    MODEL_PATH as MODEL_PATH,
+)
+from llamatelemetry.semconv.llamatelemetry import (
+    MODEL_TRAINED_CONTEXT as MODEL_TRAINED_CONTEXT,
+)
+from llamatelemetry.semconv.llamatelemetry import (
+    MODEL_VOCAB_SIZE as MODEL_VOCAB_SIZE,
+)
+from llamatelemetry.semconv.llamatelemetry import (
+    PHASE as PHASE,
+)
+from llamatelemetry.semconv.llamatelemetry import (
+    PHASE_DECODE as PHASE_DECODE,
+)
+from llamatelemetry.semconv.llamatelemetry import (
+    PHASE_PREFILL as PHASE_PREFILL,
+)
+from llamatelemetry.semconv.llamatelemetry import (
+    PHASE_TOKENS as PHASE_TOKENS,
+)
+from llamatelemetry.semconv.llamatelemetry import (
+    PHASE_TOKENS_PER_SECOND as PHASE_TOKENS_PER_SECOND,
+)
 
 # ---- span names (INTERNAL, in-process llama-cpp-python); the request span is "{operation} {model}"
 SPAN_MODEL_LOAD: Final = "llama_cpp.model.load"
@@ -17,13 +47,8 @@ SPAN_PREFILL: Final = "llama_cpp.prefill"
 SPAN_DECODE: Final = "llama_cpp.decode"
 
 # ---- model (attributes of the model-load span)
-MODEL_PATH: Final = "llamatelemetry.model.path"
 MODEL_FILE_SIZE: Final = "llamatelemetry.model.file_size"  # By
 MODEL_MMAP: Final = "llamatelemetry.model.mmap"
-MODEL_PARAMETERS: Final = "llamatelemetry.model.parameters"
-MODEL_VOCAB_SIZE: Final = "llamatelemetry.model.vocab_size"
-MODEL_TRAINED_CONTEXT: Final = "llamatelemetry.model.trained_context"
-MODEL_LOAD_DURATION: Final = "llamatelemetry.model.load.duration"  # s
 
 # ---- context (attributes of the context-create span)
 CONTEXT_SIZE: Final = "llamatelemetry.context.size"  # n_ctx, tokens
@@ -36,13 +61,8 @@ KV_CACHE_USED_TOKENS: Final = "llamatelemetry.kv_cache.used_tokens"
 KV_CACHE_USAGE: Final = "llamatelemetry.kv_cache.usage"
 
 # ---- phases (attributes of prefill/decode spans)
-PHASE_TOKENS: Final = "llamatelemetry.phase.tokens"
-PHASE_TOKENS_PER_SECOND: Final = "llamatelemetry.phase.tokens_per_second"
 DECODE_CALLS: Final = "llamatelemetry.decode.calls"
 #: Which phase a ``llama_decode`` call served, on the per-call metrics: ``prefill`` or ``decode``.
-PHASE: Final = "llamatelemetry.phase.name"
-PHASE_PREFILL: Final = "prefill"
-PHASE_DECODE: Final = "decode"
 
 # ---- llama.cpp's own counters, recorded beside our measurements (never instead of them)
 LLAMA_PROMPT_EVAL_TOKENS: Final = "llamatelemetry.llama_cpp.perf.prompt_eval_tokens"

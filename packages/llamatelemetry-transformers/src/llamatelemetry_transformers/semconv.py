@@ -1,34 +1,49 @@
 """Telemetry names the transformers plugin emits under the ``llamatelemetry.*`` namespace.
 
 Standard names (``gen_ai.*``) come from ``llamatelemetry.semconv.gen_ai``; these cover what the
-GenAI conventions have no name for. The phase and model names are the same strings the llama.cpp
-plugin emits, so one dashboard reads both backends.
+GenAI conventions have no name for. The phase and model names come from the core, so one dashboard
+reads every in-process backend.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
+from llamatelemetry.semconv.llamatelemetry import (  # shared with every in-process backend
+    MODEL_LOAD_DURATION as MODEL_LOAD_DURATION,
+)
+from llamatelemetry.semconv.llamatelemetry import (
+    MODEL_PARAMETERS as MODEL_PARAMETERS,
+)
+from llamatelemetry.semconv.llamatelemetry import (
+    MODEL_PATH as MODEL_PATH,
+)
+from llamatelemetry.semconv.llamatelemetry import (
+    MODEL_TRAINED_CONTEXT as MODEL_TRAINED_CONTEXT,
+)
+from llamatelemetry.semconv.llamatelemetry import (
+    MODEL_VOCAB_SIZE as MODEL_VOCAB_SIZE,
+)
+from llamatelemetry.semconv.llamatelemetry import (
+    PHASE as PHASE,
+)
+from llamatelemetry.semconv.llamatelemetry import (
+    PHASE_DECODE as PHASE_DECODE,
+)
+from llamatelemetry.semconv.llamatelemetry import (
+    PHASE_PREFILL as PHASE_PREFILL,
+)
+from llamatelemetry.semconv.llamatelemetry import (
+    PHASE_TOKENS as PHASE_TOKENS,
+)
+from llamatelemetry.semconv.llamatelemetry import (
+    PHASE_TOKENS_PER_SECOND as PHASE_TOKENS_PER_SECOND,
+)
+
 # ---- span names (INTERNAL, in-process); the request span is "{operation} {model}"
 SPAN_MODEL_LOAD: Final = "transformers.model.load"
 SPAN_PREFILL: Final = "transformers.prefill"
 SPAN_DECODE: Final = "transformers.decode"
-
-# ---- model (attributes of the model-load span), shared with the llama.cpp plugin
-MODEL_PATH: Final = "llamatelemetry.model.path"
-MODEL_PARAMETERS: Final = "llamatelemetry.model.parameters"
-MODEL_VOCAB_SIZE: Final = "llamatelemetry.model.vocab_size"
-MODEL_TRAINED_CONTEXT: Final = "llamatelemetry.model.trained_context"
-MODEL_LOAD_DURATION: Final = "llamatelemetry.model.load.duration"  # s
-
-# ---- phases (attributes of prefill/decode spans), shared with the llama.cpp plugin
-#: Prefill: prompt tokens processed. Decode: tokens generated after the first one.
-PHASE_TOKENS: Final = "llamatelemetry.phase.tokens"
-PHASE_TOKENS_PER_SECOND: Final = "llamatelemetry.phase.tokens_per_second"
-#: Which phase a span covers: ``prefill`` or ``decode``.
-PHASE: Final = "llamatelemetry.phase.name"
-PHASE_PREFILL: Final = "prefill"
-PHASE_DECODE: Final = "decode"
 
 # ---- transformers specifics (request and model-load spans)
 #: Where the model's weights are: ``cpu``, ``cuda:0``, ``mps``, ...

@@ -26,6 +26,23 @@ RESPONSE_PREFILL_TOKENS_PER_SECOND: Final = "llamatelemetry.response.prefill_tok
 #: Peak GPU memory of the request, bytes. Absent when it cannot be known.
 RESPONSE_VRAM_PEAK: Final = "llamatelemetry.response.vram_peak"
 
+# ---- model loading, shared by every in-process backend (llama.cpp, transformers)
+MODEL_PATH: Final = "llamatelemetry.model.path"
+MODEL_PARAMETERS: Final = "llamatelemetry.model.parameters"
+MODEL_VOCAB_SIZE: Final = "llamatelemetry.model.vocab_size"
+MODEL_TRAINED_CONTEXT: Final = "llamatelemetry.model.trained_context"
+#: Seconds the model took to load.
+MODEL_LOAD_DURATION: Final = "llamatelemetry.model.load.duration"
+
+# ---- generation phases (attributes of prefill/decode child spans), shared by in-process backends
+#: Which phase a span covers: ``prefill`` or ``decode``.
+PHASE: Final = "llamatelemetry.phase.name"
+PHASE_PREFILL: Final = "prefill"
+PHASE_DECODE: Final = "decode"
+#: Prefill: prompt tokens processed. Decode: tokens generated after the first one.
+PHASE_TOKENS: Final = "llamatelemetry.phase.tokens"
+PHASE_TOKENS_PER_SECOND: Final = "llamatelemetry.phase.tokens_per_second"
+
 # ---- streaming (span attributes)
 STREAM_CHUNKS: Final = "llamatelemetry.stream.chunks"
 #: True when the consumer stopped iterating before the stream was exhausted.
