@@ -10,6 +10,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,25 +154,12 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(testing.write_tiny_gguf(tmp_path_factory.mktemp("models") / "tiny-llama.gguf", seed=0))
 
 
-class RunningServer:
-    """A llama.cpp server started for the test session."""
-
-    def __init__(self, manager: object, base_url: str, model_path: Path) -> None:
-        self.manager = manager
-        self.base_url = base_url
-        self.model_path = model_path
-
-
 @pytest.fixture(scope="session")
-def llama_server(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def llama_server(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """llama.cpp's own server (xllamacpp) on SmolLM2, with /metrics and /slots, 2 parallel slots."""
     pytest.importorskip("xllamacpp", reason='pip install "llamatelemetry-llamacpp[server]"')
-    from llamatelemetry_llamacpp.server import ServerManager
+    from llamatelemetry_llamacpp.testing import running_server
 
-    manager = ServerManager(log_dir=tmp_path_factory.mktemp("server-logs"))
-    manager.start_server(smollm2_gguf, gpu_layers=0, ctx_size=2048, port=None, n_parallel=2, threads=2,
-                         flash_attn=False, metrics=True, slots=True)
-    try:
-        yield RunningServer(manager, manager.base_url, smollm2_gguf)
-    finally:
-        manager.stop_server()
+    with running_server(smollm2_gguf, ctx_size=2048, n_parallel=2,
+                        log_dir=tmp_path_factory.mktemp("server-logs")) as server:
+        yield server

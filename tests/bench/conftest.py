@@ -4,17 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-
-
-class BenchServer:
-    """The running server: its URL, the model file and its manager."""
-
-    def __init__(self, manager: object, base_url: str, model_path: Path) -> None:
-        self.manager = manager
-        self.base_url = base_url
-        self.model_path = model_path
 
 
 @pytest.fixture(scope="package")
@@ -27,15 +19,11 @@ def bench_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="package")
-def bench_server(bench_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BenchServer]:
+def bench_server(bench_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """llama.cpp's own server on the tiny model: 4 slots of 1024 tokens, /metrics and /slots on."""
     pytest.importorskip("xllamacpp", reason='pip install "llamatelemetry-llamacpp[server]"')
-    from llamatelemetry_llamacpp.server import ServerManager
+    from llamatelemetry_llamacpp.testing import running_server
 
-    manager = ServerManager(log_dir=tmp_path_factory.mktemp("bench-server-logs"))
-    manager.start_server(bench_model, gpu_layers=0, ctx_size=4096, port=None, n_parallel=4, threads=2,
-                         flash_attn=False, metrics=True, slots=True)
-    try:
-        yield BenchServer(manager, manager.base_url, bench_model)
-    finally:
-        manager.stop_server()
+    with running_server(bench_model, ctx_size=4096, n_parallel=4,
+                        log_dir=tmp_path_factory.mktemp("bench-server-logs")) as server:
+        yield server

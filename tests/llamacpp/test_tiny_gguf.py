@@ -219,3 +219,15 @@ def test_llama_cpp_python_loads_and_generates(model: Path) -> None:
     assert out["chat_text"]
     assert out["unusual_back"].strip() == UNUSUAL_TEXT.strip()
     assert out["words"] == 2
+
+
+def test_running_server_serves_the_model_and_stops(model: Path) -> None:
+    import httpx
+
+    from llamatelemetry_llamacpp.testing import running_server
+
+    with running_server(model, ctx_size=256) as server:
+        assert server.model_path == model
+        assert httpx.get(f"{server.base_url}/health", timeout=10).json() == {"status": "ok"}
+        manager = server.manager
+    assert not manager.is_running(), "the server stops when the block ends"

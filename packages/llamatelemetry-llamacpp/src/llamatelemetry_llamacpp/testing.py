@@ -18,13 +18,17 @@ import importlib.util
 import os
 import pathlib
 import tempfile
-from typing import TYPE_CHECKING, Final
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
 
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-__all__ = ["CHAT_TEMPLATE", "WORDS", "smollm2_gguf_path", "write_tiny_gguf"]
+__all__ = ["CHAT_TEMPLATE", "WORDS", "TestServer", "running_server", "smollm2_gguf_path", "write_tiny_gguf"]
 
 #: ChatML, the template shape most small instruct models use; '\n' is a Jinja string escape.
 CHAT_TEMPLATE: Final[str] = (
@@ -224,3 +228,36 @@ def smollm2_gguf_path() -> pathlib.Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+@attrs.frozen
+class TestServer:
+    """A llama.cpp server started for tests: its URL, its model file and its manager."""
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    manager: Any
+    base_url: str
+    model_path: pathlib.Path
+
+
+@contextmanager
+def running_server(model_path: str | os.PathLike[str], **start_options: Any) -> Iterator[TestServer]:
+    """Start llama.cpp's own server (xllamacpp) for tests on a free port, with /metrics and /slots; stop it after.
+
+    ``start_options`` go to ``ServerManager.start_server`` (``n_parallel``, ``ctx_size``, ``log_dir`` is
+    taken by the manager). Example::
+
+        with running_server(write_tiny_gguf(tmp / "m.gguf"), n_parallel=4) as server:
+            LlamaCppClient(server.base_url).health()
+    """
+    from llamatelemetry_llamacpp.server import ServerManager
+
+    options: dict[str, Any] = {"gpu_layers": 0, "port": None, "threads": 2, "flash_attn": False,
+                               "metrics": True, "slots": True, **start_options}
+    manager = ServerManager(log_dir=options.pop("log_dir", None))
+    manager.start_server(model_path, **options)
+    try:
+        yield TestServer(manager, manager.base_url, pathlib.Path(model_path))
+    finally:
+        manager.stop_server()
