@@ -253,3 +253,25 @@ def test_setup_provider_and_getters() -> None:
     assert telemetry is not None and provider is telemetry.tracer_provider
     assert get_tracer() is telemetry.tracer and get_meter() is telemetry.meter
     assert get_tracer("other.library") is not telemetry.tracer
+
+
+def test_cached_instruments_are_made_once_per_meter() -> None:
+    from llamatelemetry.otel import cached_instruments
+
+    made: list[Any] = []
+
+    def create(meter: Any) -> Any:
+        made.append(meter)
+        return meter.create_counter("test.cached")
+
+    with InMemoryTelemetry() as first:
+        counter = cached_instruments("test-cache", create)
+        assert cached_instruments("test-cache", create) is counter
+        counter.add(2)
+        assert [p.value for p in first.metric_points("test.cached")] == [2]
+    with InMemoryTelemetry() as second:
+        again = cached_instruments("test-cache", create)
+        assert again is not counter, "a new init() has a new meter, so new instruments"
+        again.add(3)
+        assert [p.value for p in second.metric_points("test.cached")] == [3]
+    assert len(made) == 2

@@ -6,8 +6,8 @@ import atexit
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -24,9 +24,11 @@ if TYPE_CHECKING:
     from llamatelemetry.semconv.content import CaptureMode
     from llamatelemetry.semconv.metrics import GenAIMetrics
 
-__all__ = ["Telemetry", "init", "shutdown", "current", "get_tracer", "get_meter", "genai_metrics"]
+__all__ = ["Telemetry", "init", "shutdown", "current", "get_tracer", "get_meter", "genai_metrics", "cached_instruments"]
 
 log = logging.getLogger("llamatelemetry")
+
+_T = TypeVar("_T")
 
 INSTRUMENTATION_NAME = "llamatelemetry"
 
@@ -380,6 +382,24 @@ def get_meter(name: str = INSTRUMENTATION_NAME, version: str | None = None) -> M
     from opentelemetry import metrics
 
     return metrics.get_meter(name, version or (__version__ if name == INSTRUMENTATION_NAME else ""))
+
+
+_instrument_cache: dict[str, tuple[Any, Any]] = {}
+
+
+def cached_instruments(key: str, create: Callable[[Meter], _T]) -> _T:
+    """What ``create(meter)`` makes on the current meter, made once per meter (each ``init()`` brings a new one).
+
+    For plugins' own instruments: call it where they are recorded; after the first call it costs a
+    dictionary look-up. ``key`` names the set (use your plugin's name).
+    """
+    meter = get_meter()
+    cached = _instrument_cache.get(key)
+    if cached is not None and cached[0] is meter:
+        return cached[1]  # type: ignore[no-any-return]
+    made = create(meter)
+    _instrument_cache[key] = (meter, made)
+    return made
 
 
 def genai_metrics() -> GenAIMetrics:

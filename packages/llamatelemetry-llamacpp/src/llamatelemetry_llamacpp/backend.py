@@ -314,21 +314,19 @@ class _Instruments:
     model_load_duration: Any
 
 
-_instruments: list[_Instruments] = []  # the instruments of the current meter, created on first use
-
-
 def _plugin_instruments() -> _Instruments:
     """The decode-call histograms, the KV gauge and the load histogram on the current meter (made once per meter)."""
-    from llamatelemetry._runtime import get_meter
+    from llamatelemetry.otel import cached_instruments
 
-    meter = get_meter()
-    if _instruments and _instruments[0].meter is meter:
-        return _instruments[0]
+    return cached_instruments("llamatelemetry_llamacpp", _create_instruments)
+
+
+def _create_instruments(meter: Any) -> _Instruments:
     from llamatelemetry.semconv.metrics import DURATION_BUCKETS, SERVER_TTFT_BUCKETS, TOKEN_USAGE_BUCKETS
 
     # Single-token decode calls take well under 10 ms: add the finer TTFT boundaries at the low end.
     fine = sorted({*SERVER_TTFT_BUCKETS, *DURATION_BUCKETS})
-    made = _Instruments(
+    return _Instruments(
         meter=meter,
         decode_duration=meter.create_histogram(
             names.METRIC_DECODE_DURATION, unit="s", description="Duration of one llama_decode call.",
@@ -343,8 +341,6 @@ def _plugin_instruments() -> _Instruments:
             names.METRIC_MODEL_LOAD_DURATION, unit="s", description="Time llama.cpp took to load a model's weights.",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS)),
     )
-    _instruments[:] = [made]
-    return made
 
 
 def _telemetry_active() -> bool:

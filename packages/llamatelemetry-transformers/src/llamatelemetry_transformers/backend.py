@@ -502,18 +502,15 @@ def _model_attributes(model: Any) -> dict[str, Any]:
     return attributes
 
 
-_histograms: list[tuple[Any, Any]] = []  # (meter, the load-duration histogram on it), made once per meter
+def _create_load_histogram(meter: Any) -> Any:
+    from llamatelemetry.semconv.metrics import DURATION_BUCKETS
+
+    return meter.create_histogram(
+        names.METRIC_MODEL_LOAD_DURATION, unit="s", description="Time transformers took to load a model.",
+        explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS))
 
 
 def _load_histogram() -> Any:
-    from llamatelemetry._runtime import get_meter
-    from llamatelemetry.semconv.metrics import DURATION_BUCKETS
+    from llamatelemetry.otel import cached_instruments
 
-    meter = get_meter()
-    if _histograms and _histograms[0][0] is meter:
-        return _histograms[0][1]
-    histogram = meter.create_histogram(
-        names.METRIC_MODEL_LOAD_DURATION, unit="s", description="Time transformers took to load a model.",
-        explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS))
-    _histograms[:] = [(meter, histogram)]
-    return histogram
+    return cached_instruments("llamatelemetry_transformers", _create_load_histogram)

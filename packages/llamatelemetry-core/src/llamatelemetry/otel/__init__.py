@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from llamatelemetry._runtime import get_meter, get_tracer
+from llamatelemetry._runtime import cached_instruments, get_meter, get_tracer
 
-__all__ = ["setup_provider", "get_tracer", "get_meter"]
+__all__ = ["setup_provider", "get_tracer", "get_meter", "cached_instruments"]
 
 
 def setup_provider(service_name: str | None = None, otlp_endpoint: str | None = None, **options: Any) -> Any:

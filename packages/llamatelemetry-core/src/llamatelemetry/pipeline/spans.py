@@ -108,23 +108,19 @@ class PipelineStage:
         return attributes
 
 
-_histograms: list[tuple[Any, Any]] = []  # (meter, the stage-duration histogram on it), made once per meter
+def _create_stage_histogram(meter: Any) -> Any:
+    from llamatelemetry.semconv.metrics import DURATION_BUCKETS
+
+    # Stages run for seconds to hours: the duration buckets, extended past 81.92 s by doubling.
+    buckets = [*DURATION_BUCKETS, *(DURATION_BUCKETS[-1] * 2**i for i in range(1, 8))]
+    return meter.create_histogram(names.METRIC_STAGE_DURATION, unit="s", description="Duration of one pipeline stage.",
+                                  explicit_bucket_boundaries_advisory=buckets)
 
 
 def _stage_histogram() -> Any:
-    from llamatelemetry._runtime import get_meter
-    from llamatelemetry.semconv.metrics import DURATION_BUCKETS
+    from llamatelemetry._runtime import cached_instruments
 
-    meter = get_meter()
-    if _histograms and _histograms[0][0] is meter:
-        return _histograms[0][1]
-    # Stages run for seconds to hours: the duration buckets, extended past 81.92 s by doubling.
-    buckets = [*DURATION_BUCKETS, *(DURATION_BUCKETS[-1] * 2**i for i in range(1, 8))]
-    histogram = meter.create_histogram(names.METRIC_STAGE_DURATION, unit="s",
-                                       description="Duration of one pipeline stage.",
-                                       explicit_bucket_boundaries_advisory=buckets)
-    _histograms[:] = [(meter, histogram)]
-    return histogram
+    return cached_instruments("llamatelemetry.pipeline", _create_stage_histogram)
 
 
 class PipelineTracer:
