@@ -67,9 +67,11 @@ def _summary(result: Any) -> list[tuple[str, str]]:
     def rate(value: float | None) -> str:
         return "n/a" if value is None else f"{value:,.1f} tokens/s"
 
+    from llamatelemetry_llamacpp import semconv as names
+
     timings = dict(result.attributes or {})
-    prompt_ms = timings.get("llamatelemetry.llama_cpp.timings.prompt_ms")
-    predicted_ms = timings.get("llamatelemetry.llama_cpp.timings.predicted_ms")
+    prompt_ms = timings.get(names.TIMINGS_PROMPT_MS)
+    predicted_ms = timings.get(names.TIMINGS_PREDICTED_MS)
     return [
         ("time to first token (client clock)", ms(result.ttft_ms)),
         ("end-to-end", ms(result.total_ms)),
@@ -89,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     import llamatelemetry
     from llamatelemetry.inference import InferenceRequest, SamplingParams, create_engine
     from llamatelemetry.otel.summary import render_span_tree
+    from llamatelemetry_llamacpp.semconv import MODEL_PATH
     from llamatelemetry_llamacpp.server import ServerManager
 
     if args.max_tokens < 1:
@@ -121,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     server = ServerManager(log_dir=workdir)
     try:
         with llamatelemetry.workflow("llamatelemetry demo"):
-            with llamatelemetry.span("llama.cpp server start", attributes={"llamatelemetry.model.path": str(model)}):
+            with llamatelemetry.span("llama.cpp server start", attributes={MODEL_PATH: str(model)}):
                 server.start_server(model, gpu_layers=args.gpu_layers, port=None, ctx_size=2048, kind=args.server_kind)
             with create_engine("llama.cpp", llama_server_url=server.base_url) as engine:
                 result = engine.generate(InferenceRequest(
