@@ -13,9 +13,20 @@ import time
 from typing import Any
 
 from llamatelemetry import _runtime
+from llamatelemetry._runtime import current, genai_metrics, get_tracer
+from llamatelemetry.decorators import error_type, record_error
 from llamatelemetry.errors import BackendNotStartedError, BackendStartError, ValidationError
 from llamatelemetry.inference.base import InferenceRequest, InferenceResult, LLMBackend
+from llamatelemetry.plugins import get_plugin_manager
 from llamatelemetry.semconv import gen_ai
+from llamatelemetry.semconv.content import CaptureMode, record_content
+from llamatelemetry.semconv.mapping import (
+    model_display_name,
+    request_attributes,
+    response_attributes,
+    span_name,
+    with_compat,
+)
 
 __all__ = ["InferenceEngine", "telemetry_active"]
 
@@ -97,13 +108,8 @@ class InferenceEngine:
         return self._generate_traced(request)
 
     def _generate_traced(self, request: InferenceRequest) -> InferenceResult:
+        # The OpenTelemetry API only here: importing it scans entry points, and engines may be built untraced.
         from opentelemetry import trace
-
-        from llamatelemetry._runtime import current, genai_metrics, get_tracer
-        from llamatelemetry.decorators import error_type, record_error
-        from llamatelemetry.plugins import get_plugin_manager
-        from llamatelemetry.semconv.content import CaptureMode, record_content
-        from llamatelemetry.semconv.mapping import request_attributes, response_attributes, span_name, with_compat
 
         backend = self.backend
         model = request.model or getattr(backend, "model_name", None)
@@ -147,8 +153,6 @@ class InferenceEngine:
             pm.request_end(span, request, result, None)
 
         if result.model:
-            from llamatelemetry.semconv.mapping import model_display_name
-
             metric_attributes[gen_ai.GEN_AI_RESPONSE_MODEL] = model_display_name(result.model)
         metrics.operation_duration.record(elapsed, metric_attributes)
         for token_type, count in ((gen_ai.TOKEN_TYPE_INPUT, result.input_tokens),
