@@ -21,12 +21,20 @@ from llamatelemetry.plugins._manager import (
     set_plugin_manager,
 )
 from llamatelemetry.plugins.hookspecs import hookimpl, hookspec
-from llamatelemetry.plugins.records import BackendSpec, InstrumentorSpec, PluginInfo, PresetSpec, StageSpec
+from llamatelemetry.plugins.records import (
+    BackendSpec,
+    InstrumentorSpec,
+    LoadDriverSpec,
+    PluginInfo,
+    PresetSpec,
+    StageSpec,
+)
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "BackendSpec",
     "InstrumentorSpec",
+    "LoadDriverSpec",
     "PluginInfo",
     "PluginManager",
     "PresetSpec",

@@ -15,7 +15,14 @@ import attrs
 import pluggy
 
 from llamatelemetry.plugins import hookspecs
-from llamatelemetry.plugins.records import BackendSpec, InstrumentorSpec, PluginInfo, PresetSpec, StageSpec
+from llamatelemetry.plugins.records import (
+    BackendSpec,
+    InstrumentorSpec,
+    LoadDriverSpec,
+    PluginInfo,
+    PresetSpec,
+    StageSpec,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -36,14 +43,15 @@ ENV_ALLOW = "LLAMATELEMETRY_PLUGINS"
 ENV_BLOCK = "LLAMATELEMETRY_DISABLE_PLUGINS"
 ENV_TRACE = "LLAMATELEMETRY_TRACE_PLUGINS"
 
-_RecordT = TypeVar("_RecordT", BackendSpec, InstrumentorSpec, StageSpec, PresetSpec)
+_RecordT = TypeVar("_RecordT", BackendSpec, InstrumentorSpec, StageSpec, PresetSpec, LoadDriverSpec)
 
 _TRUE = {"1", "true", "yes", "on"}
 # A redaction hook that fails must not let content through: its errors reach redact_messages().
 _UNGUARDED_HOOKS = frozenset({"llamatelemetry_redact_messages"})
 # Registration hooks whose records are listed by kind; other hooks are listed by name.
 _RECORD_HOOKS = frozenset({"llamatelemetry_register_backends", "llamatelemetry_register_instrumentors",
-                           "llamatelemetry_register_stages", "llamatelemetry_register_presets"})
+                           "llamatelemetry_register_stages", "llamatelemetry_register_presets",
+                           "llamatelemetry_register_load_drivers"})
 
 
 def _split_names(value: str) -> set[str]:
@@ -291,12 +299,17 @@ class PluginManager:
         """Registered presets by name."""
         return self._collect("llamatelemetry_register_presets", PresetSpec)
 
+    def load_drivers(self) -> dict[str, LoadDriverSpec]:
+        """Registered benchmark load drivers by name."""
+        return self._collect("llamatelemetry_register_load_drivers", LoadDriverSpec)
+
     def conflicts(self) -> list[str]:
         """Name conflicts found between plugins, as messages naming both distributions."""
         self.backends()
         self.instrumentors()
         self.stages()
         self.presets()
+        self.load_drivers()
         return list(self._conflicts)
 
     def plugin_infos(self) -> list[PluginInfo]:

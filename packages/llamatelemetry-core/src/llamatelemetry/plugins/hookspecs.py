@@ -22,7 +22,8 @@ The lifecycle, in order:
 
 1. Registration (at plugin load): ``llamatelemetry_register_backends``,
    ``llamatelemetry_register_instrumentors``, ``llamatelemetry_register_stages``,
-   ``llamatelemetry_register_presets``, ``llamatelemetry_register_commands``.
+   ``llamatelemetry_register_presets``, ``llamatelemetry_register_load_drivers``,
+   ``llamatelemetry_register_commands``.
 2. Telemetry start (inside ``init()``): ``llamatelemetry_resource_attributes``,
    ``llamatelemetry_telemetry_start``.
 3. Each request (on the caller's thread, on the hot path): ``llamatelemetry_request_start``,
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from llamatelemetry.config import TelemetrySettings
     from llamatelemetry.inference.base import InferenceRequest, InferenceResult
     from llamatelemetry.otel.export import ExportSpan
-    from llamatelemetry.plugins.records import BackendSpec, InstrumentorSpec, PresetSpec, StageSpec
+    from llamatelemetry.plugins.records import BackendSpec, InstrumentorSpec, LoadDriverSpec, PresetSpec, StageSpec
 
 PROJECT_NAME = "llamatelemetry"
 
@@ -124,6 +125,25 @@ def llamatelemetry_register_presets() -> Iterable[PresetSpec]:
         @hookimpl
         def llamatelemetry_register_presets():
             return [PresetSpec(name="cpu", values={"gpu_layers": 0})]
+    """
+
+
+@hookspec
+def llamatelemetry_register_load_drivers() -> Iterable[LoadDriverSpec]:
+    """Return the benchmark load drivers this plugin provides (how ``llamatelemetry bench`` talks to a server).
+
+    Called once per plugin manager, when plugins are loaded. Must not block or import the
+    driver: ``LoadDriverSpec.factory`` is an import reference, imported only when a benchmark
+    runs. The core's bench (configuration, prompts, statistics, reports, compare) drives whichever
+    driver the chosen backend registered, and falls back to an engine-based driver for a backend
+    that registered none.
+
+    Example::
+
+        @hookimpl
+        def llamatelemetry_register_load_drivers():
+            return [LoadDriverSpec(name="my-server", factory="my_plugin.bench:MyServerDriver",
+                                   backends=("my-server",))]
     """
 
 

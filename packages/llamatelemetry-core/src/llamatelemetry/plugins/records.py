@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import attrs
 
-__all__ = ["BackendSpec", "InstrumentorSpec", "StageSpec", "PresetSpec", "PluginInfo", "load_object"]
+__all__ = ["BackendSpec", "InstrumentorSpec", "StageSpec", "PresetSpec", "LoadDriverSpec", "PluginInfo", "load_object"]
 
 
 def load_object(reference: str) -> Any:
@@ -132,6 +132,34 @@ class PresetSpec:
     values: Mapping[str, Any] = attrs.field(factory=dict)
     description: str = ""
     distribution: str | None = attrs.field(default=None, eq=False)
+
+
+@attrs.frozen
+class LoadDriverSpec:
+    """A load driver for ``llamatelemetry bench``: how to send benchmark traffic to one kind of server.
+
+    ``factory`` is an import reference to a callable that takes the benchmark's options and
+    returns a ``llamatelemetry.bench.drivers.LoadDriver``; it is imported only when a benchmark
+    uses it. ``backends`` lists the backend names (as given to ``create_engine``) this driver
+    serves; a backend without a driver of its own is benchmarked through its engine.
+
+    Example::
+
+        @hookimpl
+        def llamatelemetry_register_load_drivers():
+            return [LoadDriverSpec(name="my-server", factory="my_plugin.bench:MyServerDriver",
+                                   backends=("my-server",))]
+    """
+
+    name: str = attrs.field(validator=_check_name)
+    factory: str = attrs.field(validator=_check_reference)
+    backends: tuple[str, ...] = attrs.field(default=(), converter=_names)
+    description: str = ""
+    distribution: str | None = attrs.field(default=None, eq=False)
+
+    def load(self) -> Any:
+        """Import and return the factory."""
+        return load_object(self.factory)
 
 
 @attrs.frozen
