@@ -1,0 +1,449 @@
+"""The request recorder: the one place a generation becomes a GenAI span, metrics and hook calls.
+
+Every integration (the engine, the llama.cpp client, an instrumented ``Llama`` or transformers
+model, a third-party backend that does not go through the engine) describes a generation with
+``start_generation``, marks streamed chunks with ``Generation.chunk()`` and ends it with
+``Generation.finish(result)`` or ``Generation.fail(error)``. The recorder alone decides whether
+telemetry is on, builds the request and response attributes, calls the request hooks, captures
+and redacts content, and records the GenAI metrics, so their contract changes in one place.
+
+Example (a client library recording its own calls)::
+
+    from llamatelemetry.inference import InferenceRequest, InferenceResult
+    from llamatelemetry.inference.recording import start_generation
+
+    def ask(request: InferenceRequest) -> InferenceResult:
+        with start_generation(request, provider="my_engine", kind="client",
+                              server_address="gpu-box", server_port=8000) as generation:
+            reply = my_http_call(request)
+            result = InferenceResult(text=reply["text"], input_tokens=reply["prompt_tokens"],
+                                     output_tokens=reply["completion_tokens"], request_id=request.request_id)
+            generation.finish(result)
+            return result
+
+Telemetry failures never reach the caller: a recorder error is logged once and the
+generation goes on unrecorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Literal, Union
+
+from llamatelemetry import _runtime
+from llamatelemetry.decorators import error_type, record_error
+from llamatelemetry.inference.base import InferenceRequest, InferenceResult
+from llamatelemetry.plugins import get_plugin_manager
+from llamatelemetry.semconv import gen_ai
+from llamatelemetry.semconv import llamatelemetry as names
+from llamatelemetry.semconv.content import CaptureMode, record_content
+from llamatelemetry.semconv.mapping import (
+    model_display_name,
+    request_attributes,
+    response_attributes,
+    span_name,
+    with_compat,
+)
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+__all__ = ["Generation", "start_generation", "current_generation", "telemetry_active"]
+
+log = logging.getLogger("llamatelemetry.inference")
+
+#: A request, or a callable that builds one only when a request hook needs it (``None``: it cannot be one).
+RequestSource = Union[InferenceRequest, Callable[[], Union[InferenceRequest, None]], None]
+
+_METRIC_KEYS: Final = (gen_ai.GEN_AI_OPERATION_NAME, gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_REQUEST_MODEL,
+                       gen_ai.SERVER_ADDRESS, gen_ai.SERVER_PORT)
+_REQUEST_HOOKS: Final = ("llamatelemetry_request_start", "llamatelemetry_request_end")
+
+_current: contextvars.ContextVar[Generation | None] = contextvars.ContextVar(
+    "llamatelemetry_current_generation", default=None)
+_failures_logged: set[str] = set()
+
+
+def telemetry_active() -> bool:
+    """Whether generations are recorded: ``init()`` ran (and is not disabled) or the app set a provider."""
+    telemetry = _runtime.current()
+    if telemetry is not None:
+        return telemetry.settings.enabled
+    return _runtime._app_tracer_provider() is not None
+
+
+def current_generation() -> Generation:
+    """The generation whose span is current in this context (inside ``with generation:`` or ``use()``).
+
+    A backend running under an engine uses it to mark streamed chunks on the engine's
+    generation. Outside any generation it returns an inactive one whose methods do nothing.
+    """
+    return _current.get() or _NOOP
+
+
+def _telemetry_failed(what: str) -> None:
+    if what not in _failures_logged:
+        _failures_logged.add(what)
+        log.warning("llamatelemetry failed while %s; the generation goes on without it "
+                    "(further failures are logged at debug level)", what, exc_info=True)
+    else:
+        log.debug("llamatelemetry failed again while %s", what, exc_info=True)
+
+
+class Generation:
+    """One generation being recorded: its span, clock, chunk timestamps and how it ends.
+
+    Made by ``start_generation``; ends exactly once, by ``finish`` or ``fail`` (later calls do
+    nothing). As a context manager (``with`` or ``async with``) it makes its span current for
+    the block, fails on an exception and finishes, without a result, if the block did not.
+    """
+
+    __slots__ = ("_capture", "_ended", "_input_messages", "_metric_attributes", "_request", "_tokens",
+                 "kind", "operation", "server_side", "span", "started", "stamps", "stream")
+
+    def __init__(self, span: Span, *, operation: str, kind: str, stream: bool, server_side: bool,
+                 metric_attributes: dict[str, Any], capture: CaptureMode, request: InferenceRequest | None,
+                 input_messages: Sequence[Mapping[str, Any]] | None, started: float) -> None:
+        #: The generation's span (make child spans under it with ``use()``).
+        self.span = span
+        self.operation = operation
+        self.kind = kind
+        self.stream = stream
+        #: Whether the ``gen_ai.server.*`` metrics are recorded (in-process: the caller is the server).
+        self.server_side = server_side
+        #: ``time.perf_counter()`` when the generation started.
+        self.started = started
+        #: ``time.perf_counter()`` of each streamed chunk, as marked by ``chunk()``.
+        self.stamps: list[float] = []
+        self._metric_attributes = metric_attributes
+        self._capture = capture
+        self._request = request
+        self._input_messages = input_messages
+        self._ended = False
+        self._tokens: list[contextvars.Token[Any]] = []
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def active(self) -> bool:
+        """Whether telemetry records this generation (``False`` when telemetry is off)."""
+        return True
+
+    @property
+    def ended(self) -> bool:
+        """Whether ``finish`` or ``fail`` has run."""
+        return self._ended
+
+    @property
+    def request(self) -> InferenceRequest | None:
+        """The request the request hooks see (``None`` when no hook is installed or none could be built)."""
+        return self._request
+
+    @property
+    def needs_text(self) -> bool:
+        """Whether ``finish`` should get the generated text (content capture or a request hook wants it)."""
+        if self._request is not None:
+            return True
+        capture = self._capture
+        return (capture.on_span or capture.on_event) and self.operation != gen_ai.OPERATION_EMBEDDINGS
+
+    # ------------------------------------------------------------------ the hot path
+
+    def chunk(self, at: float | None = None) -> None:
+        """Mark a streamed chunk that carried output, now or at ``at`` (a ``time.perf_counter()`` value)."""
+        self.stamps.append(time.perf_counter() if at is None else at)
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[Generation]:
+        """Make the span (and this generation) current for a block, without ending anything."""
+        from opentelemetry import context as context_api
+        from opentelemetry import trace
+
+        token = _current.set(self)
+        attached = context_api.attach(trace.set_span_in_context(self.span))
+        try:
+            yield self
+        finally:
+            context_api.detach(attached)
+            _current.reset(token)
+
+    # ------------------------------------------------------------------ the end
+
+    def finish(self, result: InferenceResult | None = None, *, attributes: Mapping[str, Any] | None = None,
+               closed_early: bool = False, end_time_ns: int | None = None) -> None:
+        """End the generation as a success described by ``result`` (``None``: nothing was measured).
+
+        ``attributes`` are extra response attributes for the span. ``closed_early`` says a
+        stream was closed by its reader before its end. Never raises.
+        """
+        if self._ended:
+            return
+        self._ended = True
+        elapsed = time.perf_counter() - self.started
+        try:
+            self._finish(result, attributes, closed_early, elapsed, end_time_ns)
+        except Exception:
+            _telemetry_failed("ending a generation")
+            with contextlib.suppress(Exception):
+                self.span.end(end_time=end_time_ns)
+
+    def fail(self, error: BaseException, *, end_time_ns: int | None = None) -> None:
+        """End the generation as failed by ``error`` (status ERROR, ``error.type``). Never raises."""
+        if self._ended:
+            return
+        self._ended = True
+        elapsed = time.perf_counter() - self.started
+        try:
+            span = self.span
+            self._record_chunks(self._metric_attributes)
+            record_error(span, error)
+            if self._request is not None:
+                get_plugin_manager().request_end(span, self._request, None, error)
+            span.end(end_time=end_time_ns)
+            _runtime.genai_metrics().operation_duration.record(
+                elapsed, {**self._metric_attributes, gen_ai.ERROR_TYPE: error_type(error)})
+        except Exception:
+            _telemetry_failed("recording a failed generation")
+            with contextlib.suppress(Exception):
+                self.span.end(end_time=end_time_ns)
+
+    def _finish(self, result: InferenceResult | None, extra: Mapping[str, Any] | None, closed_early: bool,
+                elapsed: float, end_time_ns: int | None) -> None:
+        span = self.span
+        metric_attributes = self._metric_attributes
+        response_model = model_display_name(result.model) if result is not None else None
+        if response_model:
+            metric_attributes = {**metric_attributes, gen_ai.GEN_AI_RESPONSE_MODEL: response_model}
+        if span.is_recording():
+            attributes = response_attributes(result) if result is not None else {}
+            if self.stream:
+                attributes[names.STREAM_CHUNKS] = len(self.stamps)
+                if self.stamps:
+                    attributes[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = self.stamps[0] - self.started
+                if closed_early:
+                    attributes[names.STREAM_CLOSED_EARLY] = True
+            if extra:
+                attributes.update(extra)
+            if attributes:
+                span.set_attributes(with_compat(attributes))
+            capture = self._capture
+            if result is not None and capture is not CaptureMode.NO_CONTENT and self.needs_text:
+                record_content(span, capture, input_messages=self._input_messages, output_text=result.text,
+                               finish_reason=result.finish_reason)
+        if self._request is not None:
+            get_plugin_manager().request_end(span, self._request, result, None)
+        span.end(end_time=end_time_ns)
+
+        metrics = _runtime.genai_metrics()
+        metrics.operation_duration.record(elapsed, metric_attributes)
+        if result is not None:
+            for token_type, count in ((gen_ai.TOKEN_TYPE_INPUT, result.input_tokens),
+                                      (gen_ai.TOKEN_TYPE_OUTPUT, result.output_tokens)):
+                if count is not None:
+                    metrics.token_usage.record(count, {**metric_attributes, gen_ai.GEN_AI_TOKEN_TYPE: token_type})
+        self._record_chunks(metric_attributes)
+        if self.server_side:
+            metrics.server_request_duration.record(elapsed, metric_attributes)
+            if result is not None:
+                if result.ttft_ms is not None:
+                    metrics.server_time_to_first_token.record(result.ttft_ms / 1e3, metric_attributes)
+                if result.decode_tps:
+                    metrics.server_time_per_output_token.record(1.0 / result.decode_tps, metric_attributes)
+
+    def _record_chunks(self, metric_attributes: Mapping[str, Any]) -> None:
+        stamps = self.stamps
+        if not stamps:
+            return
+        # Every inter-chunk gap is kept (a real distribution), computed only now, off the hot path.
+        metrics = _runtime.genai_metrics()
+        metrics.time_to_first_chunk.record(stamps[0] - self.started, metric_attributes)
+        per_chunk = metrics.time_per_output_chunk.record
+        for previous, now in itertools.pairwise(stamps):
+            per_chunk(now - previous, metric_attributes)
+
+    # ------------------------------------------------------------------ context manager
+
+    def __enter__(self) -> Generation:
+        self._enter()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._exit(exc)
+
+    async def __aenter__(self) -> Generation:
+        self._enter()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        self._exit(exc)
+
+    def _enter(self) -> None:
+        from opentelemetry import context as context_api
+        from opentelemetry import trace
+
+        self._tokens.append(_current.set(self))
+        self._tokens.append(context_api.attach(trace.set_span_in_context(self.span)))
+
+    def _exit(self, exc: BaseException | None) -> None:
+        from opentelemetry import context as context_api
+
+        if len(self._tokens) >= 2:
+            attached, token = self._tokens.pop(), self._tokens.pop()
+            context_api.detach(attached)
+            _current.reset(token)
+        if exc is not None:
+            self.fail(exc)
+        else:
+            self.finish()
+
+    def __repr__(self) -> str:
+        state = "ended" if self._ended else "open"
+        return f"<Generation {self.operation} kind={self.kind} stream={self.stream} {state}>"
+
+
+class _InactiveGeneration(Generation):
+    """The generation handed out while telemetry is off: every method returns at once."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        self.stamps = []
+        self._ended = True
+        self._request = None
+        self._capture = CaptureMode.NO_CONTENT
+        self.operation = gen_ai.OPERATION_CHAT
+        self.kind = "internal"
+        self.stream = False
+        self.server_side = False
+        self.started = 0.0
+        self._tokens = []
+
+    @property
+    def active(self) -> bool:
+        return False
+
+    @property
+    def span(self) -> Span:  # type: ignore[override]
+        from opentelemetry.trace import INVALID_SPAN
+
+        return INVALID_SPAN
+
+    @property
+    def needs_text(self) -> bool:
+        return False
+
+    def chunk(self, at: float | None = None) -> None:
+        return None
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[Generation]:
+        yield self
+
+    def finish(self, result: InferenceResult | None = None, *, attributes: Mapping[str, Any] | None = None,
+               closed_early: bool = False, end_time_ns: int | None = None) -> None:
+        return None
+
+    def fail(self, error: BaseException, *, end_time_ns: int | None = None) -> None:
+        return None
+
+    def _enter(self) -> None:
+        return None
+
+    def _exit(self, exc: BaseException | None) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "<Generation inactive>"
+
+
+_NOOP: Final[Generation] = _InactiveGeneration()
+
+
+def start_generation(
+    request: RequestSource = None,
+    *,
+    provider: str,
+    operation: str | None = None,
+    model: str | None = None,
+    server_address: str | None = None,
+    server_port: int | None = None,
+    kind: Literal["client", "internal"] = "internal",
+    stream: bool | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    input_messages: Sequence[Mapping[str, Any]] | None = None,
+    server_side: bool | None = None,
+    start_time_ns: int | None = None,
+) -> Generation:
+    """Start recording one generation and return its ``Generation`` (inactive when telemetry is off).
+
+    ``request`` describes the call: an ``InferenceRequest``, or a callable that builds one, called
+    only when a request hook is installed (return ``None`` when the call cannot be one: the hooks
+    are then skipped). ``operation``, ``model`` and ``stream`` default to the request's.
+    ``provider`` is ``gen_ai.provider.name``; ``kind`` is ``"client"`` for a call over the network
+    to a server, else ``"internal"``; ``attributes`` are extra request attributes (sampling
+    settings read from a raw payload, for instance). ``input_messages`` are the prompt messages
+    for content capture when there is no ``InferenceRequest``. ``server_side`` (default: in-process,
+    ``kind == "internal"``) also records the ``gen_ai.server.*`` metrics. The span is not made
+    current: use the generation as a context manager, or ``use()``, for that.
+    """
+    if not telemetry_active():
+        return _NOOP
+    try:
+        return _start(request, provider, operation, model, server_address, server_port, kind, stream,
+                      attributes, input_messages, server_side, start_time_ns)
+    except Exception:
+        _telemetry_failed("starting a generation")
+        return _NOOP
+
+
+def _start(source: RequestSource, provider: str, operation: str | None, model: str | None,
+           server_address: str | None, server_port: int | None, kind: str, stream: bool | None,
+           extra: Mapping[str, Any] | None, input_messages: Sequence[Mapping[str, Any]] | None,
+           server_side: bool | None, start_time_ns: int | None) -> Generation:
+    from opentelemetry.trace import SpanKind
+
+    known = source if isinstance(source, InferenceRequest) else None
+    op = operation or (known.operation if known is not None else gen_ai.OPERATION_CHAT)
+    start_attributes = request_attributes(known, operation=op, provider=provider, model=model,
+                                          server_address=server_address, server_port=server_port)
+    if extra:
+        start_attributes.update(extra)
+    streaming = stream if stream is not None else (known.stream if known is not None else False)
+    if streaming:
+        start_attributes[gen_ai.GEN_AI_REQUEST_STREAM] = True
+    metric_attributes = {key: start_attributes[key] for key in _METRIC_KEYS if key in start_attributes}
+    telemetry = _runtime.current()
+    capture = telemetry.capture_content if telemetry is not None else CaptureMode.NO_CONTENT
+    pm = get_plugin_manager()
+    request = known
+    if not (pm.has_impls(_REQUEST_HOOKS[0]) or pm.has_impls(_REQUEST_HOOKS[1])):
+        request = None
+    elif request is None and callable(source):
+        request = source()
+    messages = input_messages
+    if messages is None and capture is not CaptureMode.NO_CONTENT:
+        resolved = request if request is not None else (source() if callable(source) else None)
+        messages = resolved.messages if resolved is not None else None
+    span = _runtime.get_tracer().start_span(
+        span_name(op, start_attributes.get(gen_ai.GEN_AI_REQUEST_MODEL)),
+        kind=SpanKind.CLIENT if kind == "client" else SpanKind.INTERNAL,
+        attributes=with_compat(start_attributes), start_time=start_time_ns,
+    )
+    generation = Generation(
+        span, operation=op, kind=kind, stream=streaming,
+        server_side=server_side if server_side is not None else kind != "client",
+        metric_attributes=metric_attributes, capture=capture, request=request,
+        input_messages=messages, started=time.perf_counter(),
+    )
+    if request is not None:
+        pm.request_start(span, request)
+        generation.started = time.perf_counter()  # the hooks' own time is not the generation's
+    return generation
