@@ -1,9 +1,16 @@
-"""The exceptions of the in-process llama.cpp backend; each message says what is wrong and what to do."""
+"""The exceptions of the in-process llama.cpp backend; each message says what is wrong and what to do.
+
+Every class derives from ``LlamaCppBackendError``; those for a failure any backend can have also
+derive from the core's class for it (``llamatelemetry.errors.ModelLoadError``,
+``ModelNotFoundError``, ``ContextOverflowError``, ``ChatTemplateError``), so a caller catches
+them the same way whatever the backend.
+"""
 
 from __future__ import annotations
 
 import os
 
+from llamatelemetry import errors as core
 from llamatelemetry.errors import LlamaTelemetryError
 
 __all__ = [
@@ -39,8 +46,8 @@ class LlamaCppNotInstalledError(LlamaCppBackendError, ImportError):
         )
 
 
-class ModelFileNotFoundError(LlamaCppBackendError, FileNotFoundError):
-    """The model path names no file."""
+class ModelFileNotFoundError(LlamaCppBackendError, core.ModelNotFoundError):
+    """The model path names no file (a ``FileNotFoundError``)."""
 
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
         self.path = None if path is None else os.fspath(path)
@@ -55,7 +62,7 @@ class ModelFileNotFoundError(LlamaCppBackendError, FileNotFoundError):
         super().__init__(message)
 
 
-class NotAGGUFError(LlamaCppBackendError, ValueError):
+class NotAGGUFError(LlamaCppBackendError, core.ModelLoadError, ValueError):
     """The model file is not in the GGUF format llama.cpp loads."""
 
     def __init__(self, path: str, head: bytes, reason: str | None = None) -> None:
@@ -69,7 +76,7 @@ class NotAGGUFError(LlamaCppBackendError, ValueError):
         )
 
 
-class TruncatedModelError(LlamaCppBackendError, ValueError):
+class TruncatedModelError(LlamaCppBackendError, core.ModelLoadError, ValueError):
     """The GGUF file is shorter than its own header says: an interrupted download or copy."""
 
     def __init__(self, path: str, size: int, needed: int | None, where: str) -> None:
@@ -83,22 +90,19 @@ class TruncatedModelError(LlamaCppBackendError, ValueError):
         )
 
 
-class ModelLoadError(LlamaCppBackendError, RuntimeError):
+class ModelLoadError(LlamaCppBackendError, core.ModelLoadError):
     """llama.cpp could not load a file that looks like a GGUF model, or could not create its context."""
 
 
-class ContextOverflowError(LlamaCppBackendError, ValueError):
+class ContextOverflowError(LlamaCppBackendError, core.ContextOverflowError):
     """The prompt does not fit in the context window, with room for at least one generated token."""
 
+    remedy = ("create the backend with a larger context (n_ctx=..., or CudaInferenceConfig(ctx_size=...); 0 takes "
+              "the model's trained context)")
+
     def __init__(self, prompt_tokens: int, n_ctx: int) -> None:
-        self.prompt_tokens = prompt_tokens
-        self.n_ctx = n_ctx
-        super().__init__(
-            f"The prompt is {prompt_tokens} tokens but the context window holds {n_ctx} (the prompt and at least "
-            "one generated token must fit): shorten the prompt, or create the backend with a larger context "
-            "(n_ctx=..., or CudaInferenceConfig(ctx_size=...); 0 takes the model's trained context)."
-        )
+        super().__init__(prompt_tokens=prompt_tokens, n_ctx=n_ctx)
 
 
-class ChatTemplateError(LlamaCppBackendError, ValueError):
+class ChatTemplateError(LlamaCppBackendError, core.ChatTemplateError):
     """The model's chat format could not turn the messages into a prompt."""

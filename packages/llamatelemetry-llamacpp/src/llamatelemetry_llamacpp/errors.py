@@ -4,6 +4,12 @@ Every class derives from ``LlamaCppError`` (a ``llamatelemetry.errors.LlamaTelem
 HTTP error status is a ``LlamaCppHTTPError``: a plain one is a request the server rejected (4xx),
 ``LlamaCppServerError`` and its subclasses are failures on the server's side (5xx). Messages never
 contain the API key.
+
+The failures any server backend can have also derive from the core's class for them, so a caller
+catches them the same way whatever the backend: ``ServerUnavailableError`` is a
+``llamatelemetry.errors.ServerUnavailableError``, ``ServerTimeoutError`` a
+``llamatelemetry.errors.ServerTimeoutError`` and ``ContextSizeExceededError`` a
+``llamatelemetry.errors.ContextOverflowError``.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from llamatelemetry import errors as core
 from llamatelemetry.errors import LlamaTelemetryError
 
 __all__ = [
@@ -35,31 +42,29 @@ class LlamaCppError(LlamaTelemetryError):
     """Base class of the errors raised by the llama.cpp server client."""
 
 
-class ServerUnavailableError(LlamaCppError, ConnectionError):
+class ServerUnavailableError(LlamaCppError, core.ServerUnavailableError):
     """No llama.cpp server answers at the URL (connection refused, unknown host, connect timeout)."""
 
     def __init__(self, url: str, reason: str) -> None:
-        self.url = url
-        self.reason = reason
-        super().__init__(
+        super().__init__(url, reason, message=(
             f"Cannot reach the llama.cpp server at {url} ({reason}). Start it first (for example "
             f"`llama-server -m model.gguf --port {_port_hint(url)}`, or "
             "llamatelemetry.llama.ServerManager().start_server(model_path)), or pass the right base_url."
-        )
+        ))
 
 
-class ServerTimeoutError(LlamaCppError, TimeoutError):
+class ServerTimeoutError(LlamaCppError, core.ServerTimeoutError):
     """The server accepted the connection but did not answer in time."""
 
     def __init__(self, url: str, method: str, path: str, timeout: float | None, phase: str) -> None:
-        self.url = url
+        self.method = method
         self.path = path
-        self.timeout = timeout
+        self.phase = phase
         limit = f"{timeout:g} s" if timeout is not None else "the configured limit"
-        super().__init__(
+        super().__init__(url, timeout, message=(
             f"The llama.cpp server at {url} did not answer {method} {path} within {limit} ({phase} timeout). "
             "Generation may be slow on this machine: raise timeout=..., or lower max_tokens."
-        )
+        ))
 
 
 class LlamaCppHTTPError(LlamaCppError):
@@ -92,23 +97,26 @@ class AuthenticationError(LlamaCppHTTPError):
     hint = "Pass api_key= with one of the keys the server was started with (--api-key)."
 
 
-class ContextSizeExceededError(LlamaCppHTTPError):
-    """The prompt does not fit in a slot's context (llama.cpp's ``exceed_context_size_error``)."""
+class ContextSizeExceededError(LlamaCppHTTPError, core.ContextOverflowError):
+    """The prompt does not fit in a slot's context (llama.cpp's ``exceed_context_size_error``).
+
+    ``prompt_tokens`` and ``n_ctx`` (a slot's context size) are the server's figures, when it gave them.
+    """
 
     hint = ("Shorten the prompt or max_tokens, or restart the server with a larger context (-c/--ctx-size; "
             "each of the --parallel slots gets ctx-size / parallel tokens).")
 
-    @property
-    def n_prompt_tokens(self) -> int | None:
-        """Prompt tokens the server counted, when it said."""
-        value = self.body.get("n_prompt_tokens")
-        return value if isinstance(value, int) else None
+    def __init__(self, status: int, message: str, *, error_type: str | None = None, method: str = "POST",
+                 path: str = "", url: str = "", body: dict[str, Any] | None = None) -> None:
+        super().__init__(status, message, error_type=error_type, method=method, path=path, url=url, body=body)
+        # The core class's sizes, from the server's error object (set after: the HTTP message comes first).
+        self.prompt_tokens = _int_field(self.body, "n_prompt_tokens")
+        self.n_ctx = _int_field(self.body, "n_ctx")
 
     @property
-    def n_ctx(self) -> int | None:
-        """A slot's context size, when the server said."""
-        value = self.body.get("n_ctx")
-        return value if isinstance(value, int) else None
+    def n_prompt_tokens(self) -> int | None:
+        """Prompt tokens the server counted, when it said (the same as ``prompt_tokens``)."""
+        return self.prompt_tokens
 
 
 class LlamaCppServerError(LlamaCppHTTPError):
@@ -138,6 +146,11 @@ class StreamProtocolError(LlamaCppError):
         self.problem = problem
         super().__init__(f"The stream from {url}{path} is broken: {problem}. The response is incomplete; "
                          "retry the request, and check the server's log if it happens again.")
+
+
+def _int_field(body: dict[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _port_hint(url: str) -> str:

@@ -1,9 +1,16 @@
-"""The exceptions of the transformers plugin; each message says what is wrong and what to do."""
+"""The exceptions of the transformers plugin; each message says what is wrong and what to do.
+
+Every class derives from ``TransformersBackendError``; those for a failure any backend can have
+also derive from the core's class for it (``llamatelemetry.errors.ModelLoadError``,
+``ModelNotFoundError``, ``ContextOverflowError``, ``ChatTemplateError``), so a caller catches
+them the same way whatever the backend.
+"""
 
 from __future__ import annotations
 
 import os
 
+from llamatelemetry import errors as core
 from llamatelemetry.errors import LlamaTelemetryError
 
 __all__ = [
@@ -38,8 +45,8 @@ class TransformersNotInstalledError(TransformersBackendError, ImportError):
         )
 
 
-class ModelFolderNotFoundError(TransformersBackendError, FileNotFoundError):
-    """The model path names no folder holding a transformers model."""
+class ModelFolderNotFoundError(TransformersBackendError, core.ModelNotFoundError):
+    """The model path names no folder holding a transformers model (a ``FileNotFoundError``)."""
 
     def __init__(self, path: str | os.PathLike[str] | None, reason: str | None = None) -> None:
         self.path = None if path is None else os.fspath(path)
@@ -54,24 +61,21 @@ class ModelFolderNotFoundError(TransformersBackendError, FileNotFoundError):
         super().__init__(message)
 
 
-class ModelLoadError(TransformersBackendError, RuntimeError):
+class ModelLoadError(TransformersBackendError, core.ModelLoadError):
     """transformers could not load the model or tokenizer from a folder that looks right."""
 
 
-class ContextOverflowError(TransformersBackendError, ValueError):
+class ContextOverflowError(TransformersBackendError, core.ContextOverflowError):
     """The prompt does not fit in the context window, with room for at least one generated token."""
 
+    remedy = ("raise the limit with CudaInferenceConfig(ctx_size=...) or max_context= when the model supports "
+              "longer inputs")
+
     def __init__(self, prompt_tokens: int, n_ctx: int) -> None:
-        self.prompt_tokens = prompt_tokens
-        self.n_ctx = n_ctx
-        super().__init__(
-            f"The prompt is {prompt_tokens} tokens but the context window holds {n_ctx} (the prompt and at least "
-            "one generated token must fit): shorten the prompt, or raise the limit with "
-            "CudaInferenceConfig(ctx_size=...) or max_context= when the model supports longer inputs."
-        )
+        super().__init__(prompt_tokens=prompt_tokens, n_ctx=n_ctx)
 
 
-class ChatTemplateError(TransformersBackendError, ValueError):
+class ChatTemplateError(TransformersBackendError, core.ChatTemplateError):
     """The tokenizer's chat template could not turn the messages into a prompt."""
 
 
