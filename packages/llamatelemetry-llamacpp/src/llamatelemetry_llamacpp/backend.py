@@ -26,7 +26,9 @@ import attrs
 
 from llamatelemetry.errors import BackendNotStartedError, ValidationError
 from llamatelemetry.inference.base import InferenceRequest, InferenceResult
+from llamatelemetry.inference.recording import telemetry_active
 from llamatelemetry.inference.types import CudaInferenceConfig, SamplingParams
+from llamatelemetry.otel import get_tracer
 from llamatelemetry.semconv import gen_ai
 from llamatelemetry.semconv.mapping import model_display_name
 from llamatelemetry_llamacpp import semconv as names
@@ -343,12 +345,6 @@ def _create_instruments(meter: Any) -> _Instruments:
     )
 
 
-def _telemetry_active() -> bool:
-    from llamatelemetry.inference.engine import telemetry_active
-
-    return telemetry_active()
-
-
 # ------------------------------------------------------------------ chat templates
 
 class _PromptCaptured(Exception):
@@ -485,7 +481,6 @@ class LlamaCppBackend:
         with self._lock:
             if self._llm is not None:
                 return
-            from llamatelemetry._runtime import get_tracer
             from llamatelemetry.decorators import record_error
 
             tracer = get_tracer()
@@ -528,7 +523,7 @@ class LlamaCppBackend:
                 raise
             load_span.end(end_time=ended_ns)
             self._llm, self._llama_cpp, self._n_ctx, self._chat_handler = llm, llama_cpp, n_ctx, chat_handler
-            if _telemetry_active():
+            if telemetry_active():
                 load_seconds = (marks[0] - started_ns) / 1e9 if marks else (ended_ns - started_ns) / 1e9
                 _plugin_instruments().model_load_duration.record(load_seconds, self._metric_attributes())
 
@@ -699,7 +694,6 @@ class LlamaCppBackend:
         )
 
     def _generate(self, request: InferenceRequest, started: float) -> InferenceResult:
-        from llamatelemetry._runtime import get_tracer
         from llamatelemetry.decorators import record_error
 
         llama_cpp, llm = self._llama_cpp, self._llm
@@ -832,7 +826,7 @@ class LlamaCppBackend:
             reused_graphs = getattr(perf, "n_reused", None)
             if reused_graphs is not None:
                 attributes[names.LLAMA_GRAPHS_REUSED] = int(reused_graphs)
-        if _telemetry_active():
+        if telemetry_active():
             instruments = _plugin_instruments()
             base = self._metric_attributes()
             instruments.kv_cache_usage.set(usage, base)

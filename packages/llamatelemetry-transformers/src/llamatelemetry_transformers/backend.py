@@ -24,7 +24,9 @@ import attrs
 
 from llamatelemetry.errors import BackendNotStartedError, ValidationError
 from llamatelemetry.inference.base import InferenceRequest, InferenceResult
+from llamatelemetry.inference.recording import telemetry_active
 from llamatelemetry.inference.types import CudaInferenceConfig, SamplingParams
+from llamatelemetry.otel import get_tracer
 from llamatelemetry.semconv import gen_ai
 from llamatelemetry.semconv.mapping import model_display_name
 from llamatelemetry_transformers import semconv as names
@@ -43,12 +45,6 @@ log = logging.getLogger("llamatelemetry.transformers")
 
 _MIB: Final = 1024 * 1024
 _DTYPES: Final = ("float32", "float16", "bfloat16", "float64")
-
-
-def _telemetry_active() -> bool:
-    from llamatelemetry.inference.engine import telemetry_active
-
-    return telemetry_active()
 
 
 class OpenAIPenalties:
@@ -197,7 +193,6 @@ class TransformersBackend:
         with self._lock:
             if self._loaded is not None:
                 return
-            from llamatelemetry._runtime import get_tracer
             from llamatelemetry.decorators import record_error
 
             started_ns, started = time.time_ns(), time.perf_counter()
@@ -217,7 +212,7 @@ class TransformersBackend:
                 raise
             span.end()
             self._loaded = loaded
-            if _telemetry_active():
+            if telemetry_active():
                 _load_histogram().record(seconds, {gen_ai.GEN_AI_PROVIDER_NAME: self.provider_name,
                                                    **({gen_ai.GEN_AI_REQUEST_MODEL: self.model_name}
                                                       if self.model_name else {})})
@@ -393,15 +388,13 @@ class TransformersBackend:
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         clock = TokenClock()
-        active = _telemetry_active()
+        active = telemetry_active()
         try:
             with torch.inference_mode(), self._random_state(loaded, request.sampling):
                 output = loaded.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                                streamer=clock, **kwargs)
         except BaseException as exc:
             if active:
-                from llamatelemetry._runtime import get_tracer
-
                 record_phases(get_tracer(), clock, n_prompt, error=exc)
             raise
         ended_ns = time.time_ns()
@@ -416,8 +409,6 @@ class TransformersBackend:
             if cut >= 0:
                 text, finish = text[:cut], gen_ai.FINISH_REASON_STOP
         if active:
-            from llamatelemetry._runtime import get_tracer
-
             record_phases(get_tracer(), clock, n_prompt)
         prefill_tps, decode_tps = phase_rates(clock, n_prompt)
         first = clock.first_token_ns
