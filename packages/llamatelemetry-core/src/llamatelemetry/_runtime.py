@@ -223,9 +223,13 @@ def init(
         if not _atexit_registered:
             atexit.register(_shutdown_at_exit)
             _atexit_registered = True
-    if settings.enable_nccl and "torch_distributed" not in pm.instrumentors():
-        log.warning('init(enable_nccl=True): no NCCL instrumentor is installed; install it with: '
-                    'pip install "llamatelemetry-core[nccl]"')
+    if settings.enable_nccl:
+        from llamatelemetry.plugins.extras import why_unavailable
+
+        # Which plugin serves enable_nccl is data in the core's packaging metadata, not a name here.
+        problem = why_unavailable("init:enable_nccl", "init(enable_nccl=True)")
+        if problem is not None:
+            log.warning(problem)
     pm.telemetry_start(settings, telemetry.tracer_provider, telemetry.meter_provider)
     log.info("llamatelemetry initialized: %s", settings.describe())
     return telemetry

@@ -54,7 +54,7 @@ class PluginNotInstalledError(LlamaTelemetryError, ImportError):
         self.extra = extra
         self.distribution = distribution
         self.install_command = f'pip install "llamatelemetry-core[{extra}]"'
-        plugin = f"the {distribution} plugin" if distribution else f"the plugin of the llamatelemetry-core[{extra}] extra"
+        plugin = f"the {distribution} plugin" if distribution else f"the plugin of llamatelemetry-core[{extra}]"
         super().__init__(f"{feature} needs {plugin}, which is not installed. Install it with: {self.install_command}",
                          name=module)
 

@@ -1,13 +1,13 @@
-"""``llamatelemetry.kaggle``: the Kaggle auto-configuration.
+"""``llamatelemetry.kaggle``: the Kaggle auto-configuration, from a plugin distribution.
 
-Provided by ``llamatelemetry-kaggle``.
-
-This module is the plugin's own top-level module under the core's name. Without the plugin,
-importing it raises an ImportError whose message is: pip install "llamatelemetry-core[kaggle]".
+This module is the plugin's own top-level module under the core's name: the core's packaging
+metadata (entry-point group ``llamatelemetry.extras``) says which module and which extra. Without the
+plugin, importing it raises ``PluginNotInstalledError`` (an ImportError) whose message is the
+``pip install "llamatelemetry-core[...]"`` command.
 """
 
 from __future__ import annotations
 
-from llamatelemetry.plugins.catalog import alias_module
+from llamatelemetry.plugins.extras import alias_module
 
-alias_module(__name__, "kaggle")
+alias_module(__name__)

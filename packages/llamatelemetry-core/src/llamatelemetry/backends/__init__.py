@@ -1,8 +1,9 @@
 """Backends: the ``LLMBackend`` protocol and, resolved lazily from their plugins, our implementations.
 
-``LlamaCppBackend`` comes from ``llamatelemetry-llamacpp`` and ``TransformersBackend`` from
-``llamatelemetry-transformers``; without the plugin, importing one raises an ImportError whose
-message is the install command.
+``LlamaCppBackend``, ``TransformersBackend`` and any other name the core's packaging metadata
+declares under ``llamatelemetry.backends.`` (entry-point group ``llamatelemetry.extras``) come from
+the plugin that provides them; without the plugin, importing one raises ``PluginNotInstalledError``
+(an ImportError) whose message is the install command.
 """
 
 from __future__ import annotations
@@ -11,15 +12,20 @@ from typing import Any
 
 from llamatelemetry.inference.base import InferenceRequest, InferenceResult, LLMBackend
 
-__all__ = ["LLMBackend", "InferenceRequest", "InferenceResult", "LlamaCppBackend", "TransformersBackend"]
-
-_PLUGIN_BACKENDS = {"LlamaCppBackend": "llamacpp", "TransformersBackend": "transformers"}
+__all__ = ["LLMBackend", "InferenceRequest", "InferenceResult"]
 
 
 def __getattr__(name: str) -> Any:
-    extra = _PLUGIN_BACKENDS.get(name)
-    if extra is None:
-        raise AttributeError(f"module 'llamatelemetry.backends' has no attribute {name!r}")
-    from llamatelemetry.plugins.catalog import load_plugin_attribute
+    from llamatelemetry.plugins.extras import find_feature, load_feature
 
-    return load_plugin_attribute(extra, name, f"llamatelemetry.backends.{name}")
+    key = f"{__name__}.{name}"
+    if find_feature(key) is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return load_feature(key)
+
+
+def __dir__() -> list[str]:
+    from llamatelemetry.plugins.extras import provided_features
+
+    prefix = f"{__name__}."
+    return sorted({*__all__, *(key[len(prefix):] for key in provided_features() if key.startswith(prefix))})

@@ -22,40 +22,30 @@ def create_engine(
     backend: str,
     llama_server_url: str | None = None,
     config: CudaInferenceConfig | None = None,
-    **backend_options: Any,
+    **options: Any,
 ) -> InferenceEngine:
     """Create an engine for the backend named ``backend`` (``"llama.cpp"``, ``"transformers"``, or a plugin's).
 
-    ``llama_server_url`` and ``config`` are passed to the backend factory when given, with any
-    other keyword arguments. The engine is not started: call ``start()`` or use ``with``.
-    An unknown backend raises ``BackendNotFoundError`` listing the installed ones and the
-    install command; a backend that cannot be created raises ``BackendStartError``.
+    ``llama_server_url`` and ``config`` are ordinary backend options, passed to the backend
+    factory when given, with any other keyword arguments. The engine is not started: call
+    ``start()`` or use ``with``. An unknown backend raises ``BackendNotFoundError`` listing the
+    installed ones and, when one of the core's extras provides it, the install command; a backend
+    that cannot be created raises ``BackendStartError``.
     """
     from llamatelemetry.plugins import get_plugin_manager
-    from llamatelemetry.plugins.catalog import extra_for_backend
+    from llamatelemetry.plugins.extras import install_hint
 
     if not isinstance(backend, str) or not backend.strip():
         raise TypeError("create_engine(backend=...) needs a backend name such as 'llama.cpp' or 'transformers'.")
     if config is not None and not isinstance(config, CudaInferenceConfig):
         raise TypeError(f"config must be a CudaInferenceConfig, not {type(config).__name__}.")
     registry = get_plugin_manager().backends()
-    spec = registry.get(backend.strip().lower())
+    key = backend.strip().lower()
+    spec = registry.get(key)
     if spec is None:
-        known = extra_for_backend(backend)
-        hint = None
-        if known is not None:
-            from importlib import metadata
-
-            try:
-                installed = metadata.version(known.distribution)
-            except metadata.PackageNotFoundError:
-                hint = f'pip install "llamatelemetry-core[{known.extra}]"'
-            else:
-                hint = (f'pip install --upgrade "{known.distribution}" (the installed {installed} does not '
-                        f"register this backend, or it is blocked by LLAMATELEMETRY_DISABLE_PLUGINS)")
         names = sorted({s.name for s in registry.values()})
-        raise BackendNotFoundError(backend, names, hint)
-    options = dict(backend_options)
+        raise BackendNotFoundError(backend, names, install_hint(f"backend:{key}"))
+    options = dict(options)
     if llama_server_url is not None:
         options["llama_server_url"] = llama_server_url
     if config is not None:

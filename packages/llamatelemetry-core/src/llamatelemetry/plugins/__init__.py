@@ -10,9 +10,15 @@ A six-line plugin that adds a tenant attribute to every generation span::
             span.set_attribute("app.tenant", "acme")
 
     llamatelemetry.init(service_name="svc", plugins=[TenantPlugin()])
+
+A hook implementation whose name matches no hookspec is an error: ``register_plugin`` raises
+``PluginValidationError`` (pluggy's), and an installed plugin with one is skipped and listed as
+failed by ``llamatelemetry plugins``.
 """
 
 from __future__ import annotations
+
+from pluggy import PluginValidationError
 
 from llamatelemetry.plugins._manager import (
     ENTRY_POINT_GROUP,
@@ -37,6 +43,7 @@ __all__ = [
     "LoadDriverSpec",
     "PluginInfo",
     "PluginManager",
+    "PluginValidationError",
     "PresetSpec",
     "StageSpec",
     "get_plugin_manager",
@@ -49,7 +56,11 @@ __all__ = [
 
 
 def register_plugin(plugin: object, name: str | None = None) -> str:
-    """Register hook implementations from ``plugin`` without packaging it; returns the plugin's name."""
+    """Register hook implementations from ``plugin`` without packaging it; returns the plugin's name.
+
+    Raises ``PluginValidationError`` if ``plugin`` implements a hook no hookspec defines. Registered
+    while telemetry runs, the plugin receives ``llamatelemetry_telemetry_start`` at once.
+    """
     return get_plugin_manager().register(plugin, name=name)
 
 

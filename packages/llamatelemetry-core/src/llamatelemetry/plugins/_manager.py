@@ -1,4 +1,8 @@
-"""The plugin manager: entry-point loading, isolation of failing plugins, and a typed facade."""
+"""The plugin manager: entry-point loading, isolation of failing plugins, and a typed facade.
+
+A leaf of the core: it imports only the hookspecs and the records. The built-in plugins are import
+strings, loaded like installed entry points when plugins load.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ if TYPE_CHECKING:
     from llamatelemetry.inference.base import InferenceRequest, InferenceResult
     from llamatelemetry.otel.export import ExportSpan
 
-__all__ = ["PluginManager", "get_plugin_manager", "set_plugin_manager", "ENTRY_POINT_GROUP"]
+__all__ = ["PluginManager", "get_plugin_manager", "set_plugin_manager", "ENTRY_POINT_GROUP", "BUILTIN_PLUGINS"]
 
 log = logging.getLogger("llamatelemetry.plugins")
 
@@ -42,6 +46,16 @@ ENTRY_POINT_GROUP = "llamatelemetry"
 ENV_ALLOW = "LLAMATELEMETRY_PLUGINS"
 ENV_BLOCK = "LLAMATELEMETRY_DISABLE_PLUGINS"
 ENV_TRACE = "LLAMATELEMETRY_TRACE_PLUGINS"
+
+CORE_DISTRIBUTION = "llamatelemetry-core"
+
+# The core's own plugins, as entry points (name = module[:object]) so that the manager imports none
+# of them itself and one that fails to import is reported and skipped like an installed plugin.
+BUILTIN_PLUGINS: tuple[metadata.EntryPoint, ...] = (
+    metadata.EntryPoint("llamatelemetry.builtin.cli", "llamatelemetry.cli.commands", "llamatelemetry.builtin"),
+    metadata.EntryPoint("llamatelemetry.builtin.gpu", "llamatelemetry.gpu.plugin:GPUTelemetryPlugin",
+                        "llamatelemetry.builtin"),
+)
 
 _RecordT = TypeVar("_RecordT", BackendSpec, InstrumentorSpec, StageSpec, PresetSpec, LoadDriverSpec)
 
@@ -101,20 +115,17 @@ class PluginManager:
             self._register_builtins()
             if self._load_entry_points:
                 self._load_installed()
+            self._check_pending()
             self._loaded = True
             self._registry_cache.clear()
 
     def _register_builtins(self) -> None:
         if self._builtins_registered:
             return
-        from llamatelemetry.cli import commands
-
-        self._register(commands, "llamatelemetry.builtin.cli", distribution="llamatelemetry-core",
-                       version=_version_of("llamatelemetry-core"), status="builtin")
-        from llamatelemetry.gpu.plugin import PLUGIN_NAME, GPUTelemetryPlugin
-
-        self._register(GPUTelemetryPlugin(), PLUGIN_NAME, distribution="llamatelemetry-core",
-                       version=_version_of("llamatelemetry-core"), status="builtin")
+        version = _version_of(CORE_DISTRIBUTION)
+        for ep in BUILTIN_PLUGINS:
+            if self._pm.get_plugin(ep.name) is None:
+                self._load_entry_point(ep, CORE_DISTRIBUTION, version, status="builtin")
         self._builtins_registered = True
 
     def _load_installed(self) -> None:
@@ -138,28 +149,62 @@ class PluginManager:
                 continue
             if self._pm.get_plugin(ep.name) is not None:
                 continue
-            self._trace(f"loading {ep.name!r} = {ep.value} from {dist_name} {dist_version}")
-            try:
-                plugin = ep.load()
-                if isinstance(plugin, type):
-                    plugin = plugin()
-                self._register(plugin, ep.name, distribution=dist_name, version=dist_version, status="loaded")
-            except Exception as exc:  # a broken plugin must not stop the others or the application
-                self._infos[ep.name] = PluginInfo(ep.name, dist_name, dist_version, "failed",
-                                                  error=f"{type(exc).__name__}: {exc}")
-                log.warning(
-                    "llamatelemetry plugin %r from %s %s failed to load and is skipped: %s: %s",
-                    ep.name, dist_name or "(unknown distribution)", dist_version or "", type(exc).__name__, exc,
-                )
+            self._load_entry_point(ep, dist_name, dist_version, status="loaded")
+
+    def _load_entry_point(self, ep: metadata.EntryPoint, dist_name: str | None, dist_version: str | None,
+                          status: str) -> None:
+        self._trace(f"loading {ep.name!r} = {ep.value} from {dist_name} {dist_version}")
+        try:
+            plugin = ep.load()
+            if isinstance(plugin, type):
+                plugin = plugin()
+            self._register(plugin, ep.name, distribution=dist_name, version=dist_version, status=status)
+        except Exception as exc:  # a broken plugin must not stop the others or the application
+            self._fail(ep.name, dist_name, dist_version, f"{type(exc).__name__}: {exc}", "failed to load")
+
+    def _fail(self, name: str, distribution: str | None, version: str | None, error: str, what: str) -> None:
+        self._infos[name] = PluginInfo(name, distribution, version, "failed", error=error)
+        self._registry_cache.clear()
+        log.warning("llamatelemetry plugin %r from %s %s %s and is skipped: %s",
+                    name, distribution or "(unknown distribution)", version or "", what, error)
 
     def _register(self, plugin: object, name: str, *, distribution: str | None, version: str | None,
                   status: str) -> str:
         registered = self._pm.register(plugin, name=name)
         assert registered is not None
+        unknown = self._unknown_hooks(plugin)
+        if unknown:
+            self._pm.unregister(plugin)
+            raise pluggy.PluginValidationError(plugin, _unknown_hooks_message(registered, distribution, version,
+                                                                              unknown))
         self._isolate(plugin, registered)
         self._infos[registered] = PluginInfo(registered, distribution, version, status)
         self._registry_cache.clear()
         return registered
+
+    def _unknown_hooks(self, plugin: object) -> list[str]:
+        """Hooks that ``plugin`` implements but no hookspec defines (a misspelling never runs otherwise)."""
+        return sorted(
+            caller.name for caller in self._pm.get_hookcallers(plugin) or []
+            if not caller.has_spec()
+            and any(impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls())
+        )
+
+    def _check_pending(self) -> None:
+        """pluggy's ``check_pending()``, made per plugin: whoever still has an unknown hook is skipped, not fatal."""
+        while True:
+            try:
+                self._pm.check_pending()
+                return
+            except pluggy.PluginValidationError as exc:
+                plugin = exc.plugin
+                name = self._pm.get_name(plugin) or repr(plugin)
+                info = self._infos.get(name)
+                distribution, version = (info.distribution, info.version) if info else (None, None)
+                unknown = self._unknown_hooks(plugin)
+                self._pm.unregister(plugin)
+                self._fail(name, distribution, version,
+                           _unknown_hooks_message(name, distribution, version, unknown), "has an unknown hook")
 
     def _isolate(self, plugin: object, plugin_name: str) -> None:
         """Wrap each of the plugin's hook implementations so an exception is logged, not raised."""
@@ -200,7 +245,12 @@ class PluginManager:
     # ---------------------------------------------------------------- code registration
 
     def register(self, plugin: object, name: str | None = None) -> str:
-        """Register an object whose ``@hookimpl`` functions become hook implementations; returns its name."""
+        """Register an object whose ``@hookimpl`` functions become hook implementations; returns its name.
+
+        A hook implementation whose name no hookspec defines raises ``pluggy.PluginValidationError``
+        here (the plugin is not registered): the developer who wrote it is the one calling. While
+        telemetry is running, the new plugin receives ``llamatelemetry_telemetry_start`` at once.
+        """
         self.ensure_loaded()
         with self._lock:
             plugin_name = name or self._pm.get_canonical_name(plugin)
@@ -209,7 +259,25 @@ class PluginManager:
                 return plugin_name
             if existing is not None:
                 raise ValueError(f"A plugin named {plugin_name!r} is already registered; pass another name=.")
-            return self._register(plugin, plugin_name, distribution=None, version=None, status="registered")
+            registered = self._register(plugin, plugin_name, distribution=None, version=None, status="registered")
+            self._replay_telemetry_start(plugin)
+            return registered
+
+    def _replay_telemetry_start(self, plugin: object) -> None:
+        """Give a plugin registered after ``init()`` the ``llamatelemetry_telemetry_start`` call it missed."""
+        # Imported here: the runtime imports this module, and the manager must stay a leaf at import time.
+        from llamatelemetry._runtime import current
+
+        telemetry = current()
+        if telemetry is None or telemetry.is_shut_down:
+            return
+        arguments = {"settings": telemetry.settings, "tracer_provider": telemetry.tracer_provider,
+                     "meter_provider": telemetry.meter_provider}
+        for impl in self._pm.hook.llamatelemetry_telemetry_start.get_hookimpls():
+            if impl.plugin is plugin:
+                self._trace(f"replaying llamatelemetry_telemetry_start for {impl.plugin_name!r}")
+                # The guard from _isolate() logs a raising implementation instead of raising here.
+                impl.function(*(arguments[arg] for arg in impl.argnames))
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> None:
         """Remove a plugin registered by ``register`` (by object or by name)."""
@@ -386,6 +454,12 @@ class PluginManager:
     def export_span(self, span: ExportSpan) -> None:
         """Call ``llamatelemetry_export_span``."""
         self._pm.hook.llamatelemetry_export_span(span=span)
+
+
+def _unknown_hooks_message(name: str, distribution: str | None, version: str | None, hooks: list[str]) -> str:
+    where = f"{distribution} {version or ''}".strip() if distribution else "registered in code"
+    return (f"plugin {name!r} ({where}) implements {', '.join(hooks)}, which no llamatelemetry hookspec defines "
+            "(misspelled? the hooks are listed in llamatelemetry.plugins.hookspecs)")
 
 
 def _registry_key(name: str) -> str:

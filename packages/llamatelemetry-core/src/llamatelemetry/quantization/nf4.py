@@ -1,7 +1,8 @@
 """``quantize_nf4``: bitsandbytes 4-bit NF4 quantization of a transformers model, on an NVIDIA GPU.
 
-Provided by ``llamatelemetry-transformers`` and resolved lazily. Without the plugin, importing
-``quantize_nf4`` raises an ImportError whose message is: pip install "llamatelemetry-core[transformers]".
+Provided by the transformers plugin, resolved lazily through the core's packaging metadata
+(entry-point group ``llamatelemetry.extras``). Without the plugin, importing ``quantize_nf4`` raises
+an ImportError whose message is: pip install "llamatelemetry-core[transformers]".
 """
 
 from __future__ import annotations
@@ -12,6 +13,6 @@ from typing import Any
 def __getattr__(name: str) -> Any:
     if name != "quantize_nf4":
         raise AttributeError(f"module 'llamatelemetry.quantization.nf4' has no attribute {name!r}")
-    from llamatelemetry.plugins.catalog import load_plugin_attribute
+    from llamatelemetry.plugins.extras import load_feature
 
-    return load_plugin_attribute("transformers", name, f"llamatelemetry.quantization.nf4.{name}")
+    return load_feature(f"{__name__}.{name}")

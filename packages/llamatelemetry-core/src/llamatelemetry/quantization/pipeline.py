@@ -7,7 +7,7 @@ no installed plugin produces raises ``StageNotFoundError`` with what to install 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from llamatelemetry.quantization.stages import (
     STAGE_KIND,
@@ -22,10 +22,6 @@ if TYPE_CHECKING:
     from llamatelemetry.plugins.records import StageSpec
 
 __all__ = ["QuantizationPipeline", "available_methods", "find_stage"]
-
-# First-party stages and the extra that installs them, for the install hint.
-_FIRST_PARTY: Final = {"dynamic": "transformers", "nf4": "transformers"}
-
 
 def available_methods() -> list[str]:
     """Names of the installed quantization stages."""
@@ -46,18 +42,14 @@ def find_stage(kind: str, name: str) -> StageSpec:
     if name == "gguf":
         what = "GGUF conversion" if kind == "export" else "GGUF quantization"
         raise GGUFNotAvailableError(kind, name, available, what)
-    extra = _FIRST_PARTY.get(name) if kind == STAGE_KIND else None
-    if extra is not None:
-        from importlib import metadata
+    from llamatelemetry.plugins.extras import find_feature
 
-        from llamatelemetry.errors import PluginNotInstalledError
-
-        distribution = f"llamatelemetry-{extra}"
-        try:
-            metadata.version(distribution)
-        except metadata.PackageNotFoundError:
-            feature = f"The {name!r} quantization stage"
-            raise PluginNotInstalledError(feature, extra, distribution=distribution) from None
+    # Which plugin provides a stage comes from the core's packaging metadata, not from this module.
+    provider = find_feature(f"stage:{kind}:{name}")
+    if provider is not None:
+        if not provider.is_installed():
+            raise provider.not_installed_error(f"The {name!r} {kind} stage")
+        distribution = provider.distribution or provider.module
         raise StageNotFoundError(kind, name, available, hint=(
             f"{distribution} is installed but did not register it: upgrade it (pip install --upgrade "
             f'"{distribution}") or check LLAMATELEMETRY_DISABLE_PLUGINS / LLAMATELEMETRY_PLUGINS.'))

@@ -1,17 +1,18 @@
 """Instrument objects you already have (a llama.cpp client or model, a transformers model).
 
-Each helper finds the instrumentor a plugin registered (hook
-``llamatelemetry_register_instrumentors``); without the plugin it raises an ImportError whose
-message is the install command.
+``instrument(name, target)`` finds the instrumentor a plugin registered (hook
+``llamatelemetry_register_instrumentors``). The named helpers of the API reference
+(``instrument_llamacpp``, ``instrument_transformers``) are the plugins' own functions, resolved
+lazily through the core's packaging metadata (entry-point group ``llamatelemetry.extras``). Without
+the plugin, either raises ``PluginNotInstalledError`` (an ImportError) whose message is the install
+command.
 """
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from llamatelemetry.errors import PluginNotInstalledError
-
-__all__ = ["instrument", "uninstrument", "instrument_llamacpp", "instrument_transformers", "available_instrumentors"]
+__all__ = ["instrument", "uninstrument", "available_instrumentors"]
 
 T = TypeVar("T")
 
@@ -25,15 +26,21 @@ def available_instrumentors() -> list[str]:
 
 def _spec(name: str) -> Any:
     from llamatelemetry.plugins import get_plugin_manager
-    from llamatelemetry.plugins.catalog import extra_for_instrumentor
+    from llamatelemetry.plugins.extras import find_feature
 
-    spec = get_plugin_manager().instrumentors().get(name.strip().lower())
+    key = name.strip().lower()
+    spec = get_plugin_manager().instrumentors().get(key)
     if spec is None:
-        known = extra_for_instrumentor(name)
-        if known is not None:
-            raise PluginNotInstalledError(f"instrumenting {name}", known.extra, distribution=known.distribution)
+        found = find_feature(f"instrumentor:{key}")
+        if found is not None and not found.is_installed():
+            raise found.not_installed_error(f"instrumenting {name}")
         installed = ", ".join(available_instrumentors()) or "none"
-        raise LookupError(f"No instrumentor named {name!r} is installed (installed instrumentors: {installed}).")
+        hint = ""
+        if found is not None:
+            from llamatelemetry.plugins.extras import install_hint
+
+            hint = f" Install it with: {install_hint(f'instrumentor:{key}')}"
+        raise LookupError(f"No instrumentor named {name!r} is installed (installed instrumentors: {installed}).{hint}")
     return spec
 
 
@@ -51,13 +58,17 @@ def uninstrument(name: str, target: Any) -> None:
     undo(target)
 
 
-def instrument_llamacpp(target: T, **options: Any) -> T:
-    """Instrument a ``llama_cpp.Llama`` or a ``LlamaCppClient`` (needs ``llamatelemetry-core[llamacpp]``)."""
-    return instrument("llama_cpp", target, **options)
+def __getattr__(name: str) -> Any:
+    from llamatelemetry.plugins.extras import find_feature, load_feature
+
+    key = f"{__name__}.{name}"
+    if find_feature(key) is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return load_feature(key)
 
 
-def instrument_transformers(model: T, tokenizer: Any = None, **options: Any) -> T:
-    """Instrument a transformers model's ``generate`` (needs ``llamatelemetry-core[transformers]``)."""
-    if tokenizer is not None:
-        options["tokenizer"] = tokenizer
-    return instrument("transformers", model, **options)
+def __dir__() -> list[str]:
+    from llamatelemetry.plugins.extras import provided_features
+
+    prefix = f"{__name__}."
+    return sorted({*__all__, *(key[len(prefix):] for key in provided_features() if key.startswith(prefix))})
