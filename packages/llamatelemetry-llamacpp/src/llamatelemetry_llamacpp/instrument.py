@@ -18,19 +18,22 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-import itertools
 import logging
 import sys
-import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import attrs
 
+from llamatelemetry.inference.recording import telemetry_active
 from llamatelemetry.semconv import gen_ai
 from llamatelemetry.semconv import llamatelemetry as core_names
 from llamatelemetry_llamacpp.semconv import semconv_finish_reason
+
+if TYPE_CHECKING:
+    from llamatelemetry.inference import InferenceResult
+    from llamatelemetry.inference.recording import Generation
 
 __all__ = [
     "instrument_llamacpp",
@@ -131,7 +134,7 @@ def _wrap_llama_method(ref: weakref.ref[Any], target: Callable[..., Any], *, bou
     @functools.wraps(target)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         llm = ref()
-        if _inside_call.get() or llm is None or not _telemetry_active():
+        if _inside_call.get() or llm is None or not telemetry_active():
             return target(*args, **kwargs) if bound else target(llm, *args, **kwargs)
         call: Callable[..., Any] = target if bound else functools.partial(target, llm)
         return _traced_call(llm, call, shape, operation, args, kwargs)
@@ -139,18 +142,9 @@ def _wrap_llama_method(ref: weakref.ref[Any], target: Callable[..., Any], *, bou
     return wrapper
 
 
-def _telemetry_active() -> bool:
-    from llamatelemetry.inference.engine import telemetry_active
-
-    return telemetry_active()
-
-
-def _request_attributes(operation: str, model: str | None, arguments: Mapping[str, Any]) -> dict[str, Any]:
-    """``gen_ai.*`` request attributes from a llama-cpp-python call's arguments (defaults included)."""
-    attributes: dict[str, Any] = {gen_ai.GEN_AI_OPERATION_NAME: operation,
-                                  gen_ai.GEN_AI_PROVIDER_NAME: gen_ai.PROVIDER_LLAMA_CPP}
-    if model:
-        attributes[gen_ai.GEN_AI_REQUEST_MODEL] = model
+def _request_attributes(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """Sampling and limit attributes from a llama-cpp-python call's arguments (defaults included)."""
+    attributes: dict[str, Any] = {}
     max_tokens = arguments.get("max_tokens")
     if isinstance(max_tokens, int) and max_tokens > 0:  # None or <= 0 means "until the context is full"
         attributes[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
@@ -172,88 +166,7 @@ def _request_attributes(operation: str, model: str | None, arguments: Mapping[st
     stops = [stop] if isinstance(stop, str) else [s for s in (stop or ()) if isinstance(s, str)]
     if stops:
         attributes[gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES] = stops
-    if arguments.get("stream"):
-        attributes[gen_ai.GEN_AI_REQUEST_STREAM] = True
     return attributes
-
-
-def _input_messages(operation: str, arguments: Mapping[str, Any]) -> list[dict[str, Any]] | None:
-    if operation == gen_ai.OPERATION_CHAT:
-        messages = arguments.get("messages")
-        return list(messages) if isinstance(messages, (list, tuple)) else None
-    prompt = arguments.get("prompt")
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else None
-
-
-class _Call:
-    """One instrumented call: its span, clock, metric attributes, and how it ends."""
-
-    __slots__ = ("capture", "ended", "input_messages", "metric_attributes", "span", "started")
-
-    def __init__(self, span: Any, started: float, metric_attributes: dict[str, Any],
-                 input_messages: list[dict[str, Any]] | None, capture: Any) -> None:
-        self.span = span
-        self.started = started
-        self.metric_attributes = metric_attributes
-        self.input_messages = input_messages
-        self.capture = capture
-        self.ended = False
-
-    def fail(self, exc: BaseException) -> None:
-        """End the span and the duration metric as failed by ``exc``."""
-        from llamatelemetry._runtime import genai_metrics
-        from llamatelemetry.decorators import error_type, record_error
-
-        if self.ended:
-            return
-        self.ended = True
-        elapsed = time.perf_counter() - self.started
-        record_error(self.span, exc)
-        self.span.end()
-        attributes = {**self.metric_attributes, gen_ai.ERROR_TYPE: error_type(exc)}
-        genai_metrics().operation_duration.record(elapsed, attributes)
-
-    def succeed(self, *, response_id: Any, response_model: Any, finish_reasons: list[str], usage: Any,
-                output_text: str | None, extra: Mapping[str, Any] | None = None) -> None:
-        """End the span with the response's attributes and record the GenAI metrics."""
-        from llamatelemetry._runtime import genai_metrics
-        from llamatelemetry.semconv.content import record_content
-        from llamatelemetry.semconv.mapping import model_display_name, with_compat
-
-        if self.ended:
-            return
-        self.ended = True
-        elapsed = time.perf_counter() - self.started
-        span = self.span
-        metric_attributes = self.metric_attributes
-        attributes: dict[str, Any] = dict(extra or {})
-        if isinstance(response_id, str) and response_id:
-            attributes[gen_ai.GEN_AI_RESPONSE_ID] = response_id
-        model = model_display_name(response_model) if isinstance(response_model, str) and response_model else None
-        if model:
-            attributes[gen_ai.GEN_AI_RESPONSE_MODEL] = model
-            metric_attributes = {**metric_attributes, gen_ai.GEN_AI_RESPONSE_MODEL: model}
-        if finish_reasons:
-            attributes[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] = finish_reasons
-        input_tokens = output_tokens = None
-        if isinstance(usage, Mapping):
-            input_tokens, output_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            if isinstance(input_tokens, int):
-                attributes[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] = input_tokens
-            if isinstance(output_tokens, int):
-                attributes[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] = output_tokens
-        if span.is_recording():
-            span.set_attributes(with_compat(attributes))
-            record_content(span, self.capture, input_messages=self.input_messages, output_text=output_text,
-                           finish_reason=finish_reasons[0] if finish_reasons else None)
-        span.end()
-        metrics = genai_metrics()
-        metrics.operation_duration.record(elapsed, metric_attributes)
-        # In-process, the caller is the server too, as for the engine's in-process backends.
-        metrics.server_request_duration.record(elapsed, metric_attributes)
-        for token_type, count in ((gen_ai.TOKEN_TYPE_INPUT, input_tokens), (gen_ai.TOKEN_TYPE_OUTPUT, output_tokens)):
-            if isinstance(count, int):
-                metrics.token_usage.record(count, {**metric_attributes, gen_ai.GEN_AI_TOKEN_TYPE: token_type})
 
 
 def _choices(response: Any) -> list[Mapping[str, Any]]:
@@ -296,79 +209,88 @@ class _CallShape:
 
 def _traced_call(llm: Any, call: Callable[..., Any], shape: _CallShape, operation: str,
                  args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    from opentelemetry import context as context_api
-    from opentelemetry import trace
+    from llamatelemetry.inference.recording import request_from_payload, start_generation
+    from llamatelemetry.semconv.mapping import model_display_name
 
-    from llamatelemetry._runtime import current, get_tracer
-    from llamatelemetry.semconv.content import CaptureMode
-    from llamatelemetry.semconv.mapping import model_display_name, span_name, with_compat
-
-    started = time.perf_counter()
     arguments = shape.arguments(args, kwargs)
     model = model_display_name(arguments.get("model") or getattr(llm, "model_path", None))
-    attributes = _request_attributes(operation, model, arguments)
-    metric_keys = (gen_ai.GEN_AI_OPERATION_NAME, gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_REQUEST_MODEL)
-    metric_attributes: dict[str, Any] = {k: attributes[k] for k in metric_keys if k in attributes}
-    telemetry = current()
-    capture = telemetry.capture_content if telemetry is not None else CaptureMode.NO_CONTENT
-    span = get_tracer().start_span(span_name(operation, model), kind=trace.SpanKind.INTERNAL,
-                                   attributes=with_compat(attributes))
-    record = _Call(span, started, metric_attributes,
-                   _input_messages(operation, arguments) if capture is not CaptureMode.NO_CONTENT else None, capture)
+    stream = bool(arguments.get("stream"))
+    generation = start_generation(
+        functools.partial(request_from_payload, operation, arguments, model),
+        provider=gen_ai.PROVIDER_LLAMA_CPP, operation=operation, model=model, kind="internal", stream=stream,
+        attributes=_request_attributes(arguments),
+    )
     inside = _inside_call.set(True)
-    attached = context_api.attach(trace.set_span_in_context(span))
     try:
-        response = call(*args, **kwargs)
+        with generation.use():
+            response = call(*args, **kwargs)
     except BaseException as exc:
-        record.fail(exc)
+        generation.fail(exc)
         raise
     finally:
-        context_api.detach(attached)
         _inside_call.reset(inside)
-    if arguments.get("stream"):
-        return _TracedStream(response, record)
-    choices = _choices(response)
-    record.succeed(
-        response_id=response.get("id") if isinstance(response, Mapping) else None,
-        response_model=response.get("model") if isinstance(response, Mapping) else None,
-        finish_reasons=_finish_reasons(choices),
-        usage=response.get("usage") if isinstance(response, Mapping) else None,
-        output_text=_choice_text(choices[0]) if choices and capture is not CaptureMode.NO_CONTENT else None,
-    )
+    if stream:
+        return _TracedStream(response, generation)
+    if generation.active:
+        result, extra = _result(response, generation)
+        generation.finish(result, attributes=extra)
     return response
 
 
+def _result(response: Any, generation: Generation) -> tuple[InferenceResult, dict[str, Any]]:
+    """What a llama-cpp-python response reports, as an ``InferenceResult`` and extra span attributes."""
+    from llamatelemetry.inference import InferenceResult
+
+    body: Mapping[str, Any] = response if isinstance(response, Mapping) else {}
+    choices = _choices(body)
+    reasons = _finish_reasons(choices)
+    usage = body.get("usage")
+    usage = usage if isinstance(usage, Mapping) else {}
+    input_tokens, output_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    text = _choice_text(choices[0]) if choices and generation.needs_text else None
+    response_id, response_model = body.get("id"), body.get("model")
+    request = generation.request
+    result = InferenceResult(
+        text=text or "",
+        input_tokens=input_tokens if isinstance(input_tokens, int) else None,
+        output_tokens=output_tokens if isinstance(output_tokens, int) else None,
+        finish_reason=reasons[0] if reasons else None,
+        model=response_model if isinstance(response_model, str) and response_model else None,
+        response_id=response_id if isinstance(response_id, str) and response_id else None,
+        request_id=request.request_id if request is not None else None,
+    )
+    # One choice is the rule; n > 1 keeps every finish reason on the span.
+    extra = {gen_ai.GEN_AI_RESPONSE_FINISH_REASONS: reasons} if len(reasons) > 1 else {}
+    return result, extra
+
+
 class _TracedStream(Iterator[Any]):
-    """A llama-cpp-python stream whose span ends when it is exhausted, closed, fails or is garbage-collected.
+    """A llama-cpp-python stream whose generation ends when it is exhausted, closed, fails or is garbage-collected.
 
     Only a clock read happens per chunk; metrics and attributes are computed at the end.
     """
 
-    def __init__(self, inner: Any, record: _Call) -> None:
-        from llamatelemetry.semconv.content import CaptureMode
-
+    def __init__(self, inner: Any, generation: Generation) -> None:
         self._inner = iter(inner)
-        self._record = record
-        self._times: list[float] = []
+        self._generation = generation
         self._first: Mapping[str, Any] | None = None
         self._finish: list[str] = []
-        self._text: list[str] | None = [] if record.capture is not CaptureMode.NO_CONTENT else None
+        self._text: list[str] | None = [] if generation.needs_text else None
 
     def __iter__(self) -> _TracedStream:
         return self
 
     def __next__(self) -> Any:
-        if self._record.ended:
-            raise StopIteration
+        generation = self._generation
         try:
             chunk = next(self._inner)
         except StopIteration:
             self._end(closed_early=False)
             raise
         except BaseException as exc:
-            self._record.fail(exc)
+            generation.fail(exc)
             raise
-        self._times.append(time.perf_counter())
+        generation.chunk()
         choices = chunk.get("choices") if isinstance(chunk, Mapping) else None
         if choices:
             choice = choices[0]
@@ -385,7 +307,7 @@ class _TracedStream(Iterator[Any]):
 
     def close(self) -> None:
         """Stop the stream early (the generation stops too) and end its span."""
-        if self._record.ended:
+        if self._generation.ended:
             return
         close = getattr(self._inner, "close", None)
         try:
@@ -408,30 +330,21 @@ class _TracedStream(Iterator[Any]):
             log.debug("ending an abandoned llama_cpp stream span failed", exc_info=True)
 
     def _end(self, *, closed_early: bool) -> None:
-        from llamatelemetry._runtime import genai_metrics
+        from llamatelemetry.inference import InferenceResult
 
-        record = self._record
-        if record.ended:
+        generation = self._generation
+        if generation.ended:
             return
-        times = self._times
-        extra: dict[str, Any] = {core_names.STREAM_CHUNKS: len(times)}
-        if closed_early:
-            extra[core_names.STREAM_CLOSED_EARLY] = True
-        if times:
-            metrics = genai_metrics()
-            attributes = record.metric_attributes
-            first = times[0] - record.started
-            extra[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = first
-            metrics.time_to_first_chunk.record(first, attributes)
-            per_chunk = metrics.time_per_output_chunk.record
-            for previous, now in itertools.pairwise(times):
-                per_chunk(now - previous, attributes)
         first_chunk = self._first or {}
-        record.succeed(
-            response_id=first_chunk.get("id"), response_model=first_chunk.get("model"),
-            finish_reasons=self._finish[-1:], usage=None,  # llama-cpp-python streams carry no usage
-            output_text="".join(self._text) if self._text is not None else None, extra=extra,
-        )
+        response_id, response_model = first_chunk.get("id"), first_chunk.get("model")
+        request = generation.request
+        generation.finish(InferenceResult(
+            text="".join(self._text) if self._text is not None else "",
+            finish_reason=self._finish[-1] if self._finish else None,  # llama-cpp-python streams carry no usage
+            model=response_model if isinstance(response_model, str) and response_model else None,
+            response_id=response_id if isinstance(response_id, str) and response_id else None,
+            request_id=request.request_id if request is not None else None,
+        ), closed_early=closed_early)
 
 
 # ------------------------------------------------------------------ the extension point

@@ -23,20 +23,23 @@ import contextvars
 import copy as copy_module
 import enum
 import functools
-import itertools
 import logging
 import sys
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import attrs
 
+from llamatelemetry.inference.recording import telemetry_active
 from llamatelemetry.semconv import gen_ai
 from llamatelemetry.semconv import llamatelemetry as core_names
 from llamatelemetry_transformers import semconv as names
 from llamatelemetry_transformers.generation import TokenClock, count_outputs, eos_token_ids, phase_rates, record_phases
+
+if TYPE_CHECKING:
+    from llamatelemetry.inference.recording import Generation
 
 __all__ = ["instrument_transformers", "uninstrument_transformers", "is_instrumented"]
 
@@ -127,12 +130,6 @@ class _MethodPatch:
     def __reduce__(self) -> Any:
         raise TypeError("An instrumented transformers object cannot be pickled: call uninstrument_transformers(obj) "
                         "first, or save the model with save_pretrained().")
-
-
-def _telemetry_active() -> bool:
-    from llamatelemetry.inference.engine import telemetry_active
-
-    return telemetry_active()
 
 
 def _patch(obj: Any, name: str, handler: Callable[..., Any]) -> object:
@@ -297,7 +294,7 @@ def _prompt_facts(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) 
 
 
 def _traced_generate(model: Any, call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if _inside.get() or not _telemetry_active():
+    if _inside.get() or not telemetry_active():
         return call(*args, **kwargs)
     started_ns, started = time.time_ns(), time.perf_counter()
     try:
@@ -351,10 +348,7 @@ def _call_facts(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], st
 def _request_attributes(facts: _Call, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     config = kwargs.get("generation_config")
     default = getattr(facts.model, "generation_config", None)
-    attributes: dict[str, Any] = {gen_ai.GEN_AI_OPERATION_NAME: facts.operation,
-                                  gen_ai.GEN_AI_PROVIDER_NAME: gen_ai.PROVIDER_TRANSFORMERS}
-    if facts.model_name:
-        attributes[gen_ai.GEN_AI_REQUEST_MODEL] = facts.model_name
+    attributes: dict[str, Any] = {}
     if facts.max_new is not None:
         attributes[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] = facts.max_new
     if _setting("do_sample", kwargs, config, default):
@@ -372,8 +366,6 @@ def _request_attributes(facts: _Call, kwargs: Mapping[str, Any]) -> dict[str, An
     stops = [stops] if isinstance(stops, str) else [s for s in (stops or ()) if isinstance(s, str)]
     if stops:
         attributes[gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES] = stops
-    if facts.user_streamer is not None:
-        attributes[gen_ai.GEN_AI_REQUEST_STREAM] = True
     if facts.task:
         attributes[names.PIPELINE_TASK] = facts.task
     return attributes
@@ -421,74 +413,53 @@ def _prompt_texts(facts: _Call, args: tuple[Any, ...], kwargs: Mapping[str, Any]
 
 
 def _run_traced(facts: _Call, call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    from opentelemetry import context as context_api
-    from opentelemetry import trace
-
-    from llamatelemetry._runtime import current, get_tracer
-    from llamatelemetry.plugins import get_plugin_manager
-    from llamatelemetry.semconv.content import CaptureMode
-    from llamatelemetry.semconv.mapping import span_name, with_compat
+    from llamatelemetry.inference.recording import start_generation
 
     attributes = _request_attributes(facts, kwargs)
-    tracer = get_tracer()
-    span = tracer.start_span(span_name(facts.operation, facts.model_name), kind=trace.SpanKind.INTERNAL,
-                             start_time=facts.started_ns, attributes=with_compat(attributes))
-    telemetry = current()
-    capture = telemetry.capture_content if telemetry is not None else CaptureMode.NO_CONTENT
-    pm = get_plugin_manager()
-    hook_request = None
-    if pm.has_impls("llamatelemetry_request_start") or pm.has_impls("llamatelemetry_request_end"):
-        hook_request = _hook_request(facts, args, kwargs, attributes)
-        if hook_request is not None:
-            pm.request_start(span, hook_request)
-    metric_keys = (gen_ai.GEN_AI_OPERATION_NAME, gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_REQUEST_MODEL)
-    metric_attributes: dict[str, Any] = {k: attributes[k] for k in metric_keys if k in attributes}
-    parent = trace.set_span_in_context(span)
+    generation = start_generation(
+        functools.partial(_hook_request, facts, args, kwargs, attributes),
+        provider=gen_ai.PROVIDER_TRANSFORMERS, operation=facts.operation, model=facts.model_name, kind="internal",
+        stream=facts.user_streamer is not None, attributes=attributes, start_time_ns=facts.started_ns,
+        input_messages=facts.messages,
+    )
+    if not generation.active:
+        return call(*args, **kwargs)
+    generation.started = facts.started
     inside = _inside.set(True)
-    attached = context_api.attach(parent)
     try:
-        output = call(*args, **kwargs)
+        with generation.use():
+            output = call(*args, **kwargs)
     except BaseException as exc:
-        _fail(facts, span, parent, hook_request, metric_attributes, exc)
+        _fail(facts, generation, exc)
         raise
     finally:
-        context_api.detach(attached)
         _inside.reset(inside)
     try:
-        _succeed(facts, span, parent, hook_request, metric_attributes, output, capture, args, kwargs)
+        _succeed(facts, generation, output)
     except Exception:  # telemetry never breaks inference: the caller still gets its output
         log.warning("recording a transformers generate call failed; its span may lack attributes", exc_info=True)
-        if span.is_recording():
-            span.end()
+        generation.finish()
     return output
 
 
-def _fail(facts: _Call, span: Any, parent: Any, hook_request: Any, metric_attributes: dict[str, Any],
-          exc: BaseException) -> None:
-    from llamatelemetry._runtime import genai_metrics, get_tracer
-    from llamatelemetry.decorators import error_type, record_error
-    from llamatelemetry.plugins import get_plugin_manager
+def _fail(facts: _Call, generation: Generation, exc: BaseException) -> None:
+    from opentelemetry import trace
 
-    elapsed = time.perf_counter() - facts.started
+    from llamatelemetry.otel import get_tracer
+
     if facts.clock is not None:
-        record_phases(get_tracer(), facts.clock, sum(facts.prompt_tokens), parent=parent, error=exc)
-    record_error(span, exc)
-    if hook_request is not None:
-        get_plugin_manager().request_end(span, hook_request, None, exc)
-    span.end()
-    genai_metrics().operation_duration.record(elapsed, {**metric_attributes, gen_ai.ERROR_TYPE: error_type(exc)})
+        record_phases(get_tracer(), facts.clock, sum(facts.prompt_tokens),
+                      parent=trace.set_span_in_context(generation.span), error=exc)
+    generation.fail(exc)
 
 
-def _succeed(facts: _Call, span: Any, parent: Any, hook_request: Any, metric_attributes: dict[str, Any],
-             output: Any, capture: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
-    from llamatelemetry._runtime import genai_metrics, get_tracer
-    from llamatelemetry.inference.base import InferenceResult
-    from llamatelemetry.plugins import get_plugin_manager
-    from llamatelemetry.semconv.content import CaptureMode, record_content
-    from llamatelemetry.semconv.mapping import with_compat
+def _succeed(facts: _Call, generation: Generation, output: Any) -> None:
+    from opentelemetry import trace
+
+    from llamatelemetry.inference import InferenceResult
+    from llamatelemetry.otel import get_tracer
 
     ended_ns = time.time_ns()
-    elapsed = time.perf_counter() - facts.started
     sequences = getattr(output, "sequences", output)
     rows = sequences[:, facts.width:].tolist()
     counts = count_outputs(rows, facts.eos_ids, pad_id=facts.pad_id, max_new_tokens=facts.max_new,
@@ -500,8 +471,6 @@ def _succeed(facts: _Call, span: Any, parent: Any, hook_request: Any, metric_att
     clock = facts.clock
     total_s = (ended_ns - facts.started_ns) / 1e9
     attributes: dict[str, Any] = {
-        gen_ai.GEN_AI_USAGE_INPUT_TOKENS: input_total,
-        gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS: output_total,
         gen_ai.GEN_AI_RESPONSE_FINISH_REASONS: finish_reasons,
         names.BATCH_SIZE: len(rows),
         names.SEQUENCE_OUTPUT_TOKENS: [c.output_tokens for c in counts],
@@ -509,61 +478,28 @@ def _succeed(facts: _Call, span: Any, parent: Any, hook_request: Any, metric_att
     }
     if len(per_sequence_input) == len(rows):
         attributes[names.SEQUENCE_INPUT_TOKENS] = per_sequence_input
-    if facts.model_name:
-        attributes[gen_ai.GEN_AI_RESPONSE_MODEL] = facts.model_name
-    if total_s > 0:
-        attributes[core_names.RESPONSE_TOKENS_PER_SECOND] = output_total / total_s
-    ttft = decode_tps = None
+    ttft = prefill_tps = decode_tps = None
     if clock is not None:
         first = clock.first_token_ns
         if first is not None:
             ttft = (first - facts.started_ns) / 1e9
-            attributes[core_names.RESPONSE_TIME_TO_FIRST_TOKEN] = ttft
         prefill_tps, decode_tps = phase_rates(clock, input_total)
-        if prefill_tps:
-            attributes[core_names.RESPONSE_PREFILL_TOKENS_PER_SECOND] = prefill_tps
-        if decode_tps:
-            attributes[core_names.RESPONSE_DECODE_TOKENS_PER_SECOND] = decode_tps
         if facts.user_streamer is not None:
-            attributes[core_names.STREAM_CHUNKS] = len(clock.steps_ns)
-            if ttft is not None:
-                attributes[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = ttft
+            # Each token the streamer got is a chunk, on the call's perf_counter clock.
+            for step_ns in clock.steps_ns:
+                generation.chunk(facts.started + (step_ns - facts.started_ns) / 1e9)
     single = len(rows) == 1
-    needs_text = single and (capture is not CaptureMode.NO_CONTENT or hook_request is not None)
     tokenizer = facts.state.tokenizer
     text = (str(tokenizer.decode(counts[0].token_ids, skip_special_tokens=True))
-            if needs_text and tokenizer is not None else None)
-    if span.is_recording():
-        span.set_attributes(with_compat(attributes))
-        if single and capture is not CaptureMode.NO_CONTENT:
-            prompt_texts = _prompt_texts(facts, args, kwargs) if facts.messages is None else []
-            inputs = facts.messages if facts.messages is not None else [
-                {"role": "user", "content": t} for t in prompt_texts]
-            record_content(span, capture, input_messages=inputs, output_text=text,
-                           finish_reason=finish_reasons[0] if finish_reasons else None)
+            if single and generation.needs_text and tokenizer is not None else None)
     if clock is not None:
-        record_phases(get_tracer(), clock, input_total, parent=parent)
-    if hook_request is not None:
-        result = InferenceResult(
-            text=text or "", ttft_ms=ttft * 1e3 if ttft is not None else None,
-            tps=output_total / total_s if total_s > 0 else None, input_tokens=input_total,
-            output_tokens=output_total, decode_tps=decode_tps, total_ms=total_s * 1e3,
-            finish_reason=finish_reasons[0] if single else None, model=facts.model_name,
-            request_id=hook_request.request_id)
-        get_plugin_manager().request_end(span, hook_request, result, None)
-    span.end(end_time=ended_ns)
-    metrics = genai_metrics()
-    metrics.operation_duration.record(elapsed, metric_attributes)
-    # In-process, the caller is the server too, as for the engine's in-process backends.
-    metrics.server_request_duration.record(elapsed, metric_attributes)
-    for token_type, count in ((gen_ai.TOKEN_TYPE_INPUT, input_total), (gen_ai.TOKEN_TYPE_OUTPUT, output_total)):
-        metrics.token_usage.record(count, {**metric_attributes, gen_ai.GEN_AI_TOKEN_TYPE: token_type})
-    if ttft is not None:
-        metrics.server_time_to_first_token.record(ttft, metric_attributes)
-    if decode_tps:
-        metrics.server_time_per_output_token.record(1.0 / decode_tps, metric_attributes)
-    if clock is not None and facts.user_streamer is not None and ttft is not None:
-        metrics.time_to_first_chunk.record(ttft, metric_attributes)
-        per_chunk = metrics.time_per_output_chunk.record
-        for previous, now in itertools.pairwise(clock.steps_ns):
-            per_chunk((now - previous) / 1e9, metric_attributes)
+        record_phases(get_tracer(), clock, input_total, parent=trace.set_span_in_context(generation.span))
+    request = generation.request
+    result = InferenceResult(
+        text=text or "", ttft_ms=ttft * 1e3 if ttft is not None else None,
+        tps=output_total / total_s if total_s > 0 else None, input_tokens=input_total,
+        output_tokens=output_total, prefill_tps=prefill_tps or None, decode_tps=decode_tps or None,
+        total_ms=total_s * 1e3, finish_reason=finish_reasons[0] if single else None, model=facts.model_name,
+        request_id=request.request_id if request is not None else None)
+    # Batches record counts only: one text cannot stand for several sequences.
+    generation.finish(result, attributes=attributes, end_time_ns=ended_ns, capture_content=single)

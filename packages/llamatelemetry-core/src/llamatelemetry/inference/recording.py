@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, Union
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from llamatelemetry import _runtime
 from llamatelemetry.decorators import error_type, record_error
@@ -54,12 +54,12 @@ from llamatelemetry.semconv.mapping import (
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-__all__ = ["Generation", "start_generation", "current_generation", "telemetry_active"]
+__all__ = ["Generation", "start_generation", "current_generation", "telemetry_active", "request_from_payload"]
 
 log = logging.getLogger("llamatelemetry.inference")
 
 #: A request, or a callable that builds one only when a request hook needs it (``None``: it cannot be one).
-RequestSource = Union[InferenceRequest, Callable[[], Union[InferenceRequest, None]], None]
+RequestSource = InferenceRequest | Callable[[], InferenceRequest | None] | None
 
 _METRIC_KEYS: Final = (gen_ai.GEN_AI_OPERATION_NAME, gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_REQUEST_MODEL,
                        gen_ai.SERVER_ADDRESS, gen_ai.SERVER_PORT)
@@ -87,6 +87,41 @@ def current_generation() -> Generation:
     return _current.get() or _NOOP
 
 
+_PAYLOAD_SAMPLING: Final = ("temperature", "top_p", "top_k", "repeat_penalty", "frequency_penalty",
+                             "presence_penalty", "seed", "stop")
+
+
+def request_from_payload(operation: str, payload: Mapping[str, Any],
+                         model: str | None = None) -> InferenceRequest | None:
+    """An OpenAI-style call (``messages`` or ``prompt``, ``max_tokens``, sampling keys) as an ``InferenceRequest``.
+
+    For the request hooks of integrations that see raw payloads; ``None`` when the call cannot be
+    one (token-id prompts, values out of range). Absent fields take ``InferenceRequest``'s defaults.
+    """
+    from llamatelemetry.errors import ValidationError
+    from llamatelemetry.inference.types import SamplingParams
+
+    if operation == gen_ai.OPERATION_CHAT:
+        messages = payload.get("messages")
+    else:
+        prompt = payload.get("prompt")
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else None
+    if messages is None:
+        return None
+    sampling = {key: payload[key] for key in _PAYLOAD_SAMPLING if payload.get(key) is not None}
+    if isinstance(sampling.get("stop"), str):
+        sampling["stop"] = [sampling["stop"]]
+    options: dict[str, Any] = {"model": model, "stream": bool(payload.get("stream")), "operation": operation}
+    max_tokens = payload.get("max_tokens", payload.get("n_predict"))
+    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 1:
+        options["max_tokens"] = max_tokens
+    try:
+        return InferenceRequest(messages=messages, sampling=SamplingParams(**sampling), **options)
+    except (ValidationError, TypeError, ValueError):
+        log.debug("this %s call cannot be expressed as an InferenceRequest; request hooks are skipped", operation)
+        return None
+
+
 def _telemetry_failed(what: str) -> None:
     if what not in _failures_logged:
         _failures_logged.add(what)
@@ -104,8 +139,21 @@ class Generation:
     the block, fails on an exception and finishes, without a result, if the block did not.
     """
 
-    __slots__ = ("_capture", "_ended", "_input_messages", "_metric_attributes", "_request", "_tokens",
-                 "kind", "operation", "server_side", "span", "started", "stamps", "stream")
+    __slots__ = (
+        "_capture",
+        "_ended",
+        "_input_messages",
+        "_metric_attributes",
+        "_request",
+        "_tokens",
+        "kind",
+        "operation",
+        "server_side",
+        "span",
+        "stamps",
+        "started",
+        "stream",
+    )
 
     def __init__(self, span: Span, *, operation: str, kind: str, stream: bool, server_side: bool,
                  metric_attributes: dict[str, Any], capture: CaptureMode, request: InferenceRequest | None,
@@ -176,18 +224,20 @@ class Generation:
     # ------------------------------------------------------------------ the end
 
     def finish(self, result: InferenceResult | None = None, *, attributes: Mapping[str, Any] | None = None,
-               closed_early: bool = False, end_time_ns: int | None = None) -> None:
+               closed_early: bool = False, end_time_ns: int | None = None, capture_content: bool = True) -> None:
         """End the generation as a success described by ``result`` (``None``: nothing was measured).
 
-        ``attributes`` are extra response attributes for the span. ``closed_early`` says a
-        stream was closed by its reader before its end. Never raises.
+        ``attributes`` are extra response attributes for the span (they win over the result's).
+        ``closed_early`` says a stream was closed by its reader before its end. ``capture_content``
+        false keeps the content off the span even when capture is on (a batch, whose one text
+        cannot stand for several sequences). Never raises.
         """
         if self._ended:
             return
         self._ended = True
         elapsed = time.perf_counter() - self.started
         try:
-            self._finish(result, attributes, closed_early, elapsed, end_time_ns)
+            self._finish(result, attributes, closed_early, elapsed, end_time_ns, capture_content)
         except Exception:
             _telemetry_failed("ending a generation")
             with contextlib.suppress(Exception):
@@ -202,6 +252,9 @@ class Generation:
         try:
             span = self.span
             self._record_chunks(self._metric_attributes)
+            if self.stream and span.is_recording():
+                # What streamed before the failure belongs to the failed generation's record too.
+                span.set_attributes(self._stream_attributes(closed_early=False))
             record_error(span, error)
             if self._request is not None:
                 get_plugin_manager().request_end(span, self._request, None, error)
@@ -214,7 +267,7 @@ class Generation:
                 self.span.end(end_time=end_time_ns)
 
     def _finish(self, result: InferenceResult | None, extra: Mapping[str, Any] | None, closed_early: bool,
-                elapsed: float, end_time_ns: int | None) -> None:
+                elapsed: float, end_time_ns: int | None, capture_content: bool) -> None:
         span = self.span
         metric_attributes = self._metric_attributes
         response_model = model_display_name(result.model) if result is not None else None
@@ -223,17 +276,13 @@ class Generation:
         if span.is_recording():
             attributes = response_attributes(result) if result is not None else {}
             if self.stream:
-                attributes[names.STREAM_CHUNKS] = len(self.stamps)
-                if self.stamps:
-                    attributes[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = self.stamps[0] - self.started
-                if closed_early:
-                    attributes[names.STREAM_CLOSED_EARLY] = True
+                attributes.update(self._stream_attributes(closed_early))
             if extra:
                 attributes.update(extra)
             if attributes:
                 span.set_attributes(with_compat(attributes))
             capture = self._capture
-            if result is not None and capture is not CaptureMode.NO_CONTENT and self.needs_text:
+            if result is not None and capture_content and capture is not CaptureMode.NO_CONTENT and self.needs_text:
                 record_content(span, capture, input_messages=self._input_messages, output_text=result.text,
                                finish_reason=result.finish_reason)
         if self._request is not None:
@@ -255,6 +304,14 @@ class Generation:
                     metrics.server_time_to_first_token.record(result.ttft_ms / 1e3, metric_attributes)
                 if result.decode_tps:
                     metrics.server_time_per_output_token.record(1.0 / result.decode_tps, metric_attributes)
+
+    def _stream_attributes(self, closed_early: bool) -> dict[str, Any]:
+        attributes: dict[str, Any] = {names.STREAM_CHUNKS: len(self.stamps)}
+        if self.stamps:
+            attributes[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = self.stamps[0] - self.started
+        if closed_early:
+            attributes[names.STREAM_CLOSED_EARLY] = True
+        return attributes
 
     def _record_chunks(self, metric_attributes: Mapping[str, Any]) -> None:
         stamps = self.stamps
@@ -348,7 +405,7 @@ class _InactiveGeneration(Generation):
         yield self
 
     def finish(self, result: InferenceResult | None = None, *, attributes: Mapping[str, Any] | None = None,
-               closed_early: bool = False, end_time_ns: int | None = None) -> None:
+               closed_early: bool = False, end_time_ns: int | None = None, capture_content: bool = True) -> None:
         return None
 
     def fail(self, error: BaseException, *, end_time_ns: int | None = None) -> None:
@@ -419,7 +476,7 @@ def _start(source: RequestSource, provider: str, operation: str | None, model: s
     streaming = stream if stream is not None else (known.stream if known is not None else False)
     if streaming:
         start_attributes[gen_ai.GEN_AI_REQUEST_STREAM] = True
-    metric_attributes = {key: start_attributes[key] for key in _METRIC_KEYS if key in start_attributes}
+    metric_attributes: dict[str, Any] = {key: start_attributes[key] for key in _METRIC_KEYS if key in start_attributes}
     telemetry = _runtime.current()
     capture = telemetry.capture_content if telemetry is not None else CaptureMode.NO_CONTENT
     pm = get_plugin_manager()
@@ -430,7 +487,7 @@ def _start(source: RequestSource, provider: str, operation: str | None, model: s
         request = source()
     messages = input_messages
     if messages is None and capture is not CaptureMode.NO_CONTENT:
-        resolved = request if request is not None else (source() if callable(source) else None)
+        resolved = request or known or (source() if callable(source) else None)
         messages = resolved.messages if resolved is not None else None
     span = _runtime.get_tracer().start_span(
         span_name(op, start_attributes.get(gen_ai.GEN_AI_REQUEST_MODEL)),
