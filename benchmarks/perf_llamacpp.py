@@ -8,6 +8,10 @@ Three comparisons on the tiny generated model (and SmolLM2 for the server when i
 3. a server chat request: ``LlamaCppClient`` with telemetry on vs. the same request sent with plain
    httpx.
 
+A second table gives the caller-side cost of telemetry per request in microseconds (budgets:
+<= 150 us non-streamed, <= 200 us streamed with 16 chunks): the same ``LlamaCppClient`` request
+with telemetry on (real SDK providers) minus telemetry off, median of alternating pairs.
+
 Bare and instrumented runs alternate so drift on a busy machine hits both; each ratio is the
 median of per-pair ratios. Run with ``nox -s perf`` (after benchmarks/perf_core.py).
 """
@@ -140,6 +144,64 @@ def server(model: Path, pairs: int, label: str) -> tuple[str, str]:
     return (f"server chat request, 16 tokens ({label})", f"{b * 1e3:8.2f} ms -> {i * 1e3:8.2f} ms  x{ratio:.3f}")
 
 
+COST_BUDGETS_US = {"non-streamed": 150.0, "streamed, 16 chunks": 200.0}
+
+
+def paired_cost(off: Callable[[], Any], on: Callable[[], Any], pairs: int, *, before_off: Callable[[], Any],
+                before_on: Callable[[], Any]) -> tuple[float, float]:
+    """Median of (on - off) over alternating pairs and the median off time, in seconds."""
+    for _ in range(3):
+        before_off()
+        off()
+        before_on()
+        on()
+    differences: list[float] = []
+    off_times: list[float] = []
+    for index in range(pairs):
+        runs = ((before_off, off), (before_on, on)) if index % 2 == 0 else ((before_on, on), (before_off, off))
+        measured: dict[bool, float] = {}
+        for before, fn in runs:
+            before()
+            start = time.perf_counter()
+            fn()
+            measured[fn is on] = time.perf_counter() - start
+        differences.append(measured[True] - measured[False])
+        off_times.append(measured[False])
+    return statistics.median(differences), statistics.median(off_times)
+
+
+def client_cost(model: Path, pairs: int) -> list[tuple[str, float, float]]:
+    """(row, caller-side cost in us, bare request in ms) for a LlamaCppClient request, non-streamed and streamed."""
+    import llamatelemetry
+    from llamatelemetry_llamacpp.client import LlamaCppClient
+    from llamatelemetry_llamacpp.server import ServerManager
+
+    messages = [{"role": "user", "content": "hello world"}]
+    rows: list[tuple[str, float, float]] = []
+    with ServerManager() as manager:
+        manager.start_server(model, gpu_layers=0, ctx_size=512, port=None, threads=2)
+        client = LlamaCppClient(manager.base_url, timeout=120)
+        try:
+            def whole() -> Any:
+                return client.chat.create(messages=messages, max_tokens=16, temperature=0.0)
+
+            def streamed() -> Any:
+                chunks = 0
+                with client.chat.create(messages=messages, max_tokens=16, temperature=0.0, stream=True) as stream:
+                    for chunk in stream:
+                        chunks += bool(chunk.delta_text)
+                return chunks
+
+            for label, call in (("non-streamed", whole), ("streamed, 16 chunks", streamed)):
+                cost, bare = paired_cost(call, lambda call=call: call(), pairs, before_off=llamatelemetry.shutdown,
+                                         before_on=lambda: llamatelemetry.current() or _telemetry(llamatelemetry))
+                rows.append((f"LlamaCppClient chat, {label} (tiny)", cost * 1e6, bare * 1e3))
+        finally:
+            llamatelemetry.shutdown()
+            client.close()
+    return rows
+
+
 def main() -> int:
     """Measure and print the table."""
     from llamatelemetry_llamacpp.testing import smollm2_gguf_path, write_tiny_gguf
@@ -166,6 +228,15 @@ def main() -> int:
         ratio = float(value.rsplit("x", 1)[1]) if " x" in value else None
         verdict = "n/a" if ratio is None else ("ok" if ratio <= BUDGET else "OVER")
         print(f"{name:<{width}}  {value:<44}  <= {BUDGET}  {verdict}")
+    print()
+    costs = client_cost(tiny, pairs=200)
+    width = max(len(name) for name, _, _ in costs)
+    header = f"{'caller-side cost per request':<{width}}  {'telemetry on - off':>18}  {'bare request':>12}"
+    print(f"{header}  budget    verdict")
+    for name, cost_us, bare_ms in costs:
+        budget = COST_BUDGETS_US[name.split(", ", 1)[1].removesuffix(" (tiny)")]
+        verdict = "ok" if cost_us <= budget else "OVER"
+        print(f"{name:<{width}}  {cost_us:15.0f} us  {bare_ms:9.2f} ms  <= {budget:.0f} us  {verdict}")
     return 0
 
 

@@ -148,6 +148,37 @@ def test_content_is_recorded_only_when_asked(llm: Any) -> None:
     assert response["choices"][0]["message"]["content"] in attributes[gen_ai.GEN_AI_OUTPUT_MESSAGES]
 
 
+def test_request_hooks_see_each_call_as_a_request_and_its_result(llm: Any) -> None:
+    from llamatelemetry.plugins import hookimpl, register_plugin, unregister_plugin
+
+    class Hooks:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, Any, Any]] = []
+
+        @hookimpl
+        def llamatelemetry_request_start(self, span: Any, request: Any) -> None:
+            self.calls.append(("start", request, None))
+
+        @hookimpl
+        def llamatelemetry_request_end(self, span: Any, request: Any, result: Any, error: Any) -> None:
+            self.calls.append(("end", request, result))
+
+    hooks = Hooks()
+    register_plugin(hooks)
+    try:
+        with InMemoryTelemetry():
+            llm.create_chat_completion(messages=CHAT, max_tokens=3, temperature=0.0)
+            stream = llm.create_completion("The fox", max_tokens=3, temperature=0.0, stream=True)
+            streamed = "".join(chunk["choices"][0]["text"] for chunk in stream)
+    finally:
+        unregister_plugin(hooks)
+    (_, chat, _), (_, chat_again, chat_result), (_, text, _), (_, _, text_result) = hooks.calls
+    assert chat is chat_again and chat.messages == CHAT and chat.max_tokens == 3 and chat.operation == "chat"
+    assert chat_result.output_tokens == 3 and chat_result.request_id == chat.request_id and chat_result.text
+    assert text.operation == "text_completion" and text.stream and text.messages[0]["content"] == "The fox"
+    assert text_result.text == streamed
+
+
 def test_instrumenting_twice_is_harmless_and_uninstrument_restores_exactly(model: Any) -> None:
     assert not any(name in model.__dict__ for name in PATCHED)
     instrument_llamacpp(model)
