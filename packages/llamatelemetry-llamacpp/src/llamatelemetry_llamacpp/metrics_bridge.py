@@ -203,7 +203,7 @@ class LlamaCppServerMetrics:
             raise TypeError("client_or_url must be a LlamaCppClient or a URL string, "
                             f"not {type(client_or_url).__name__}.")
         if meter is None:
-            from llamatelemetry._runtime import get_meter
+            from llamatelemetry.otel import get_meter
             from llamatelemetry_llamacpp import __version__
 
             meter = get_meter("llamatelemetry_llamacpp", __version__)
@@ -277,11 +277,11 @@ class LlamaCppServerMetrics:
     def _fetch_metrics(self) -> str:
         with self._lock:
             self._scrape_count += 1
-        return self._client._send("GET", "/metrics", retries=0, timeout=self._scrape_timeout).text
+        # No retries: a scrape runs on the SDK's collection thread, and the next collection retries anyway.
+        return self._client.metrics_text(timeout=self._scrape_timeout, retries=0)
 
     def _fetch_slots(self) -> list[dict[str, Any]]:
-        data = self._client._send("GET", "/slots", retries=0, timeout=self._scrape_timeout).json()
-        return [dict(s) for s in data if isinstance(s, Mapping)] if isinstance(data, list) else []
+        return self._client.slots(timeout=self._scrape_timeout, retries=0)
 
     def _scrape_for(self, key: str) -> _Scrape:
         # A collection calls each instrument's callback once: seeing one again means a new collection.

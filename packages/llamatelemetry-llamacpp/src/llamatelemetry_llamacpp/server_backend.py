@@ -7,15 +7,17 @@ Example::
         result = engine.generate(InferenceRequest(messages=[{"role": "user", "content": "Hi"}], max_tokens=32))
         print(result.text, result.ttft_ms, result.cached_input_tokens)
 
-Who records what. The core's ``InferenceEngine`` owns the request span (``chat {model}``, kind
-CLIENT since this backend says ``span_kind = "client"``), runs the request hooks, and records
-``gen_ai.client.operation.duration`` and ``gen_ai.client.token.usage`` from the result. So the
-backend's client opens no span of its own (one request, one span): it records only what the
-engine cannot, the streaming histograms ``gen_ai.client.operation.time_to_first_chunk`` and
-``gen_ai.client.operation.time_per_output_chunk``, and returns the server's ``timings``,
-``gen_ai.response.time_to_first_chunk`` and the chunk count in ``InferenceResult.attributes``,
-which the engine puts on its span. Called without an engine, the backend records no span; use
-``LlamaCppClient`` directly for traced calls outside an engine.
+Who records what. The core's ``InferenceEngine`` records the request as a generation (span
+``chat {model}``, kind CLIENT since this backend says ``span_kind = "client"``; the request
+hooks; the GenAI metrics) through the core's request recorder. The backend's client records
+nothing of its own (one request, one span): it streams with its own telemetry off and marks
+each chunk that carried output on the engine's generation (``current_generation()``), which
+then records ``gen_ai.response.time_to_first_chunk``, ``llamatelemetry.stream.chunks`` and the
+streaming histograms. The result carries the server's ``timings`` in
+``InferenceResult.attributes`` (outside an engine, the stream's own figures too); its times
+count from the generation's start, so the result's TTFT and the span's are the same figure.
+Called without an engine, the backend records nothing; use ``LlamaCppClient`` directly for
+traced calls outside an engine.
 
 Generation always streams, whatever ``request.stream`` says, so time to first token is measured
 on the client's clock from the first chunk carrying text; the server's ``timings`` give the
@@ -29,18 +31,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from llamatelemetry.errors import BackendNotStartedError
 from llamatelemetry.inference.base import InferenceRequest, InferenceResult
+from llamatelemetry.inference.recording import current_generation
 from llamatelemetry.semconv import gen_ai
 from llamatelemetry.semconv.mapping import model_display_name
-from llamatelemetry_llamacpp.client import (
-    _CHAT_PATH,
-    _COMPLETION_PATH,
-    DEFAULT_BASE_URL,
-    LlamaCppClient,
-    _chat_payload,
-    _completion_payload,
-    _Endpoint,
-    _Mode,
-)
+from llamatelemetry_llamacpp.client import LlamaCppClient
+from llamatelemetry_llamacpp.payloads import chat_call, completion_call
+from llamatelemetry_llamacpp.transport import DEFAULT_BASE_URL, Endpoint
 
 if TYPE_CHECKING:
     from llamatelemetry.inference.types import CudaInferenceConfig
@@ -66,7 +62,7 @@ class LlamaCppServerBackend:
                  api_key: str | None = None, model: str | None = None, cache_prompt: bool | None = None,
                  **client_options: Any) -> None:
         self._url = llama_server_url or DEFAULT_BASE_URL
-        endpoint = _Endpoint.parse(self._url)  # a malformed URL fails here, not at start()
+        endpoint = Endpoint.parse(self._url, type(self).__name__)  # a malformed URL fails here, not at start()
         #: The server's URL (without any credentials it held).
         self.url = endpoint.display_url
         self.config = config
@@ -112,25 +108,30 @@ class LlamaCppServerBackend:
             extra["presence_penalty"] = sampling.presence_penalty
         stop = list(sampling.stop) or None
         if request.operation == gen_ai.OPERATION_TEXT_COMPLETION:
-            path = _COMPLETION_PATH
-            payload = _completion_payload(request.prompt_text, n_predict=request.max_tokens,
-                                          temperature=sampling.temperature, top_p=sampling.top_p,
-                                          top_k=sampling.top_k, stop=stop, seed=sampling.seed, stream=True,
-                                          cache_prompt=self.cache_prompt, extra=extra)
+            call = completion_call(request.prompt_text, n_predict=request.max_tokens,
+                                   temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                                   stop=stop, seed=sampling.seed, stream=True, cache_prompt=self.cache_prompt,
+                                   extra=extra)
         else:
-            path = _CHAT_PATH
-            payload = _chat_payload(request.messages, model=request.model or self._requested_model,
-                                    max_tokens=request.max_tokens, temperature=sampling.temperature,
-                                    top_p=sampling.top_p, top_k=sampling.top_k, stop=stop, seed=sampling.seed,
-                                    stream=True, cache_prompt=self.cache_prompt, extra=extra)
-        stream = client._open_stream(request.operation, path, payload, mode=_Mode.ENGINE,
-                                     model=request.model or self.model_name, provider=self.provider_name)
+            call = chat_call(request.messages, model=request.model or self._requested_model,
+                             max_tokens=request.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
+                             top_k=sampling.top_k, stop=stop, seed=sampling.seed, stream=True,
+                             cache_prompt=self.cache_prompt, extra=extra)
+        generation = current_generation()
+        if generation.active:
+            # This backend always streams, whatever request.stream says: the engine's span says so.
+            generation.stream = True
+        stream = client._open_stream(call, within=generation)
         parts: list[str] = []
         with stream:
             for chunk in stream:
                 if chunk.delta_text:
                     parts.append(chunk.delta_text)
-        return stream.stats.to_inference_result("".join(parts), request.request_id)
+        stats = stream.stats
+        # The recorder puts the stream's own attributes on the engine's span from the chunk marks.
+        timings = stats.timings.attributes() if stats.timings is not None else {}
+        return stats.to_inference_result("".join(parts), request.request_id,
+                                         attributes=timings if generation.active else None)
 
     def shutdown(self) -> None:
         """Close the connections (the server keeps running); calling it twice is harmless."""

@@ -1,0 +1,109 @@
+"""How a client call is recorded: its facts go to the core's request recorder, its outcome ends the generation.
+
+The client never builds spans, metrics, hook calls or content capture itself: ``CallRecording``
+hands ``llamatelemetry.inference.recording.start_generation`` the request facts (operation,
+model, server, stream, the payload's sampling attributes, the prompt messages, and a factory
+for the ``InferenceRequest`` the request hooks see) and, at the end, marks the chunk stamps the
+parser took and finishes with an ``InferenceResult`` or fails with the error.
+
+A recording may also be *borrowed*: a backend running under an engine marks its stream's chunks
+on the engine's generation (``CallRecording.within(current_generation())``) and leaves ending
+it to the engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Final
+
+from llamatelemetry.inference.recording import Generation, start_generation
+from llamatelemetry.semconv import gen_ai
+from llamatelemetry_llamacpp.payloads import ApiCall
+from llamatelemetry_llamacpp.sse import Outcome, stats_of
+from llamatelemetry_llamacpp.transport import Endpoint
+
+if TYPE_CHECKING:
+    from llamatelemetry.inference.base import InferenceResult
+
+__all__ = ["CallRecording", "PROVIDER"]
+
+#: ``gen_ai.provider.name`` of the client's spans.
+PROVIDER: Final = gen_ai.PROVIDER_LLAMA_CPP
+
+
+class CallRecording:
+    """One call's generation (possibly inactive), the clock its figures are timed from, and who ends it."""
+
+    __slots__ = ("generation", "owned", "started")
+
+    def __init__(self, generation: Generation, *, owned: bool) -> None:
+        self.generation = generation
+        #: Whether this call ends the generation (``False``: it only marks chunks on someone else's).
+        self.owned = owned
+        #: ``time.perf_counter()`` the call's figures count from: the generation's own start when recorded.
+        self.started = generation.started if generation.active else time.perf_counter()
+
+    @classmethod
+    def start(cls, call: ApiCall, endpoint: Endpoint, model: str | None) -> CallRecording:
+        """Start recording ``call`` as a CLIENT generation (inactive when telemetry is off)."""
+        generation = start_generation(
+            lambda: call.inference_request(model), provider=PROVIDER, operation=call.operation, model=model,
+            server_address=endpoint.address, server_port=endpoint.port, kind="client", stream=call.stream,
+            attributes=call.request_attributes(), input_messages=call.input_messages(),
+        )
+        return cls(generation, owned=True)
+
+    @classmethod
+    def within(cls, generation: Generation) -> CallRecording:
+        """Mark this call's chunks on ``generation`` (an engine's), which its owner ends."""
+        return cls(generation, owned=False)
+
+    @property
+    def keeps_text(self) -> bool:
+        """Whether the generated text must be kept for ``end`` (content capture or a request hook wants it)."""
+        return self.owned and self.generation.needs_text
+
+    def current(self) -> contextlib.AbstractContextManager[Generation]:
+        """Make the generation's span current for a block (so instrumented HTTP libraries nest under it)."""
+        return self.generation.use() if self.owned else contextlib.nullcontext(self.generation)
+
+    def end(self, outcome: Outcome | None, error: BaseException | None, *, ended_at: float | None = None,
+            closed_early: bool = False) -> None:
+        """Mark the outcome's chunks, then finish (or fail) the generation if this call owns it. Never raises."""
+        generation = self.generation
+        if not generation.active:
+            return
+        if outcome is not None:
+            chunk = generation.chunk
+            for at in outcome.stamps:
+                chunk(at)
+        if not self.owned:
+            return
+        if error is not None:
+            generation.fail(error)
+            return
+        generation.finish(self._result(outcome, ended_at), closed_early=closed_early)
+
+    def _result(self, outcome: Outcome | None, ended_at: float | None) -> InferenceResult | None:
+        if outcome is None:
+            return None
+        stats = stats_of(outcome, self.started, ended_at if ended_at is not None else time.perf_counter(),
+                         ended=True, closed_early=False)
+        request = self.generation.request
+        # The recorder puts the stream's own attributes on the span from the chunk marks; the result
+        # carries only what it cannot know, the server's timings.
+        timings = stats.timings.attributes() if stats.timings is not None else {}
+        return stats.to_inference_result(outcome.text(), request.request_id if request is not None else None,
+                                         attributes=timings)
+
+    @contextlib.contextmanager
+    def failing_on_error(self) -> Iterator[None]:
+        """Fail an owned generation with any error the block raises (then re-raise it)."""
+        try:
+            yield
+        except BaseException as exc:
+            if self.owned:
+                self.generation.fail(exc)
+            raise
