@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from typing import Any
 
 from llamatelemetry.errors import BackendNotStartedError, BackendStartError, ValidationError
 from llamatelemetry.inference.base import InferenceRequest, InferenceResult, LLMBackend
