@@ -48,3 +48,31 @@ def test_extras_install_the_named_plugins_from_a_wheel_folder(tmp_path: Path) ->
                              env=env, timeout=120)
     assert missing.returncode != 0
     assert 'pip install "llamatelemetry-core[kaggle]"' in missing.stderr
+
+    # Every path the API reference gives for a missing plugin names the same install command, taken
+    # from the installed core's metadata (its llamatelemetry.extras entry points and extras).
+    probe = subprocess.run([str(python), "-c", """
+import logging, llamatelemetry
+from llamatelemetry.errors import BackendNotFoundError, PluginNotInstalledError
+from llamatelemetry.inference import create_engine
+for attempt in ("from llamatelemetry.backends import TransformersBackend",
+                "from llamatelemetry.sdk import instrument_transformers",
+                "import llamatelemetry.unsloth"):
+    try:
+        exec(attempt)
+    except PluginNotInstalledError as exc:
+        print(exc)
+try:
+    create_engine("transformers")
+except BackendNotFoundError as exc:
+    print(exc)
+import llamatelemetry.llama, llamatelemetry_llamacpp
+print("alias", llamatelemetry.llama is llamatelemetry_llamacpp)
+"""], capture_output=True, text=True, env=env, timeout=120)
+    assert probe.returncode == 0, probe.stderr
+    lines = probe.stdout.splitlines()
+    assert len(lines) == 5, probe.stdout
+    for line in lines[:2] + lines[3:4]:
+        assert 'pip install "llamatelemetry-core[transformers]"' in line, line
+    assert 'pip install "llamatelemetry-core[unsloth]"' in lines[2]
+    assert lines[4] == "alias True"

@@ -332,11 +332,48 @@ def test_backends_module_names_the_missing_plugin(run_python: Any) -> None:
     assert 'pip install "llamatelemetry-core[transformers]"' in result.stdout, result.stderr
 
 
-def test_sdk_instrument_without_plugin_gives_install_command() -> None:
-    from llamatelemetry.sdk import instrument_transformers
+@pytest.mark.parametrize(("name", "module", "extra"), [
+    ("instrument_transformers", "llamatelemetry_transformers", "transformers"),
+    ("instrument_llamacpp", "llamatelemetry_llamacpp", "llamacpp"),
+])
+def test_sdk_instrument_helpers_without_plugin_give_install_command(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                                    module: str, extra: str) -> None:
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(PluginNotInstalledError, match=rf'pip install "llamatelemetry-core\[{extra}\]"'):
+        from llamatelemetry import sdk
 
+        getattr(sdk, name)
+
+
+def test_sdk_instrument_by_name_without_plugin_gives_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llamatelemetry.sdk import instrument
+
+    monkeypatch.setitem(sys.modules, "llamatelemetry_transformers", None)
     with fresh_plugin_manager(), pytest.raises(PluginNotInstalledError, match=r"llamatelemetry-core\[transformers\]"):
-        instrument_transformers(object())
+        instrument("transformers", object())
+
+
+def test_sdk_instrument_by_name_with_plugin_installed_but_not_loaded_says_upgrade() -> None:
+    from llamatelemetry.sdk import instrument
+
+    upgrade = r'pip install --upgrade "llamatelemetry-transformers"'
+    with fresh_plugin_manager(), pytest.raises(LookupError, match=upgrade):
+        instrument("transformers", object())
+
+
+def test_sdk_and_backends_helpers_are_the_plugins_own() -> None:
+    import llamatelemetry_llamacpp
+    import llamatelemetry_transformers
+    from llamatelemetry import backends, sdk
+
+    assert sdk.instrument_llamacpp is llamatelemetry_llamacpp.instrument_llamacpp
+    assert sdk.instrument_transformers is llamatelemetry_transformers.instrument_transformers
+    assert backends.LlamaCppBackend is llamatelemetry_llamacpp.LlamaCppBackend
+    assert backends.TransformersBackend is llamatelemetry_transformers.TransformersBackend
+    assert {"instrument_llamacpp", "instrument_transformers"} <= set(dir(sdk))
+    assert {"LlamaCppBackend", "TransformersBackend", "LLMBackend"} <= set(dir(backends))
+    with pytest.raises(AttributeError, match="NoSuchBackend"):
+        backends.NoSuchBackend  # noqa: B018
 
 
 def test_fresh_manager_isolation_helper() -> None:
@@ -428,3 +465,302 @@ def test_stages_registered_by_a_plugin_are_found_by_kind_and_name() -> None:
 
 def _upper(text: str) -> str:
     return text.upper()
+
+
+# ---------------------------------------------------------------- unknown hooks (pluggy's check_pending)
+
+MISSPELLED_PLUGIN = """
+from llamatelemetry.plugins import BackendSpec, hookimpl
+
+@hookimpl
+def llamatelemetry_register_backends():
+    return [BackendSpec(name="misspelled-echo", factory="good_backend:EchoBackend")]
+
+@hookimpl
+def llamatelemetry_request_begin(span, request):
+    span.set_attribute("misspelled.ran", True)
+"""
+
+
+def test_installed_plugin_with_an_unknown_hook_is_skipped_and_reported(fake_dists: Any,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    _install_standard(fake_dists)
+    fake_dists.add("misspelled-plugin", "0.3.0", {"misspelled_plugin": MISSPELLED_PLUGIN},
+                   {"misspelled": "misspelled_plugin"})
+    with caplog.at_level(logging.WARNING, logger="llamatelemetry.plugins"), \
+            fresh_plugin_manager(load_entry_points=True) as pm:
+        infos = {info.name: info for info in pm.plugin_infos()}
+        assert infos["misspelled"].status == "failed"
+        error = infos["misspelled"].error or ""
+        assert "llamatelemetry_request_begin" in error and "misspelled-plugin 0.3.0" in error
+        assert "misspelled-echo" not in pm.backends(), "the whole plugin is skipped, not just the unknown hook"
+        assert infos["good"].status == "loaded" and "good-echo" in pm.backends(), "the other plugins run"
+        pm.pluggy_manager.check_pending()  # nothing unknown is left registered
+    warnings = [r.getMessage() for r in caplog.records if "misspelled" in r.getMessage()]
+    assert warnings and "llamatelemetry_request_begin" in warnings[0] and "misspelled-plugin" in warnings[0]
+
+
+def test_plugins_cli_lists_a_plugin_with_an_unknown_hook_as_failed(fake_dists: Any) -> None:
+    fake_dists.add("misspelled-plugin", "0.3.0", {"misspelled_plugin": MISSPELLED_PLUGIN},
+                   {"misspelled": "misspelled_plugin"})
+    command = [sys.executable, "-m", "llamatelemetry", "plugins", "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, env=fake_dists.env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    by_name = {p["name"]: p for p in json.loads(result.stdout)["plugins"]}
+    assert by_name["misspelled"]["status"] == "failed"
+    assert "llamatelemetry_request_begin" in by_name["misspelled"]["error"]
+    assert by_name["llamacpp"]["status"] == "loaded"
+
+
+class _Misspelled:
+    @hookimpl
+    def llamatelemetry_request_begin(self, span: Any, request: InferenceRequest) -> None:
+        raise AssertionError("never called")
+
+
+def test_register_plugin_with_an_unknown_hook_raises_and_registers_nothing() -> None:
+    from llamatelemetry.plugins import PluginValidationError
+
+    plugin = _Misspelled()
+    with fresh_plugin_manager() as pm:
+        with pytest.raises(PluginValidationError,
+                           match=r"'misspelled'.*registered in code.*llamatelemetry_request_begin"):
+            register_plugin(plugin, name="misspelled")
+        assert not pm.is_registered(plugin)
+        assert "misspelled" not in {info.name for info in pm.plugin_infos()}
+        pm.pluggy_manager.check_pending()
+
+
+def test_init_plugins_with_an_unknown_hook_raises() -> None:
+    from llamatelemetry.plugins import PluginValidationError
+
+    with fresh_plugin_manager(), pytest.raises(PluginValidationError, match="llamatelemetry_request_begin"), \
+            InMemoryTelemetry(plugins=[_Misspelled()]):
+        pass
+    assert llamatelemetry.current() is None, "init() fails before any provider is set up"
+
+
+def test_an_optional_hook_of_a_later_version_is_allowed() -> None:
+    class Future:
+        @hookimpl(optionalhook=True)
+        def llamatelemetry_hook_of_a_later_version(self) -> None: ...
+
+    with fresh_plugin_manager() as pm:
+        register_plugin(Future())
+        assert pm.is_registered(next(p for p in pm.pluggy_manager.get_plugins() if isinstance(p, Future)))
+
+
+# ---------------------------------------------------------------- telemetry_start replay
+
+
+class _StartRecorder:
+    def __init__(self) -> None:
+        self.starts: list[tuple[Any, Any, Any]] = []
+
+    @hookimpl
+    def llamatelemetry_telemetry_start(self, settings: Any, tracer_provider: Any, meter_provider: Any) -> None:
+        self.starts.append((settings, tracer_provider, meter_provider))
+
+
+def test_plugin_registered_after_init_receives_telemetry_start() -> None:
+    late = _StartRecorder()
+    with fresh_plugin_manager(), InMemoryTelemetry() as telemetry:
+        register_plugin(late)
+        live = telemetry.telemetry
+        assert live is not None
+        assert late.starts == [(live.settings, live.tracer_provider, live.meter_provider)]
+    after = _StartRecorder()
+    with fresh_plugin_manager():
+        register_plugin(after)
+    assert after.starts == [], "no telemetry running: nothing to replay"
+
+
+def test_plugin_registered_before_init_receives_telemetry_start_once() -> None:
+    early = _StartRecorder()
+    with fresh_plugin_manager():
+        register_plugin(early)
+        assert early.starts == []
+        with InMemoryTelemetry() as telemetry:
+            assert len(early.starts) == 1
+            assert early.starts[0][1] is telemetry.telemetry.tracer_provider  # type: ignore[union-attr]
+
+
+def test_init_again_with_new_plugins_starts_them() -> None:
+    second = _StartRecorder()
+    with fresh_plugin_manager(), InMemoryTelemetry() as telemetry:
+        assert llamatelemetry.init(plugins=[second]) is telemetry.telemetry, "the live telemetry is kept"
+        assert [start[0] for start in second.starts] == [telemetry.telemetry.settings]  # type: ignore[union-attr]
+
+
+def test_replayed_telemetry_start_that_raises_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    class Raises:
+        @hookimpl
+        def llamatelemetry_telemetry_start(self, settings: Any) -> None:
+            raise RuntimeError("late plugin bug")
+
+    with fresh_plugin_manager(), InMemoryTelemetry(), caplog.at_level(logging.WARNING, logger="llamatelemetry.plugins"):
+        register_plugin(Raises(), name="late-raiser")
+    assert any("late-raiser" in r.getMessage() and "llamatelemetry_telemetry_start" in r.getMessage()
+               for r in caplog.records)
+
+
+# ---------------------------------------------------------------- a leaf manager, built-ins as import strings
+
+
+def test_builtin_plugins_are_import_strings_loaded_like_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import metadata
+
+    from llamatelemetry.gpu.plugin import PLUGIN_NAME
+    from llamatelemetry.plugins import _manager
+
+    assert all(isinstance(ep, metadata.EntryPoint) for ep in _manager.BUILTIN_PLUGINS)
+    broken = metadata.EntryPoint("llamatelemetry.builtin.broken", "no_such_module_xyz", "llamatelemetry.builtin")
+    monkeypatch.setattr(_manager, "BUILTIN_PLUGINS", (broken, *_manager.BUILTIN_PLUGINS))
+    with fresh_plugin_manager() as pm:
+        infos = {info.name: info for info in pm.plugin_infos()}
+        assert infos["llamatelemetry.builtin.broken"].status == "failed"
+        assert "no_such_module_xyz" in (infos["llamatelemetry.builtin.broken"].error or "")
+        assert infos[PLUGIN_NAME].status == "builtin", "a failing built-in does not stop the others"
+        assert infos["llamatelemetry.builtin.cli"].status == "builtin"
+        assert infos[PLUGIN_NAME].distribution == "llamatelemetry-core"
+
+
+def test_the_manager_imports_only_the_hookspecs_and_records() -> None:
+    import ast
+    from pathlib import Path
+
+    from llamatelemetry.plugins import _manager
+
+    tree = ast.parse(Path(_manager.__file__).read_text(encoding="utf-8"))
+    type_checking = [node for node in ast.walk(tree) if isinstance(node, ast.If)
+                     and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"]
+    typing_only = {id(child) for block in type_checking for child in ast.walk(block)}
+    imported = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("llamatelemetry"):
+            imported.add(node.module if node.module != "llamatelemetry.plugins" else
+                         f"llamatelemetry.plugins.{node.names[0].name}")
+        elif isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names if alias.name.startswith("llamatelemetry")}
+    # _runtime only inside the replay, to ask for the live telemetry.
+    assert imported == {"llamatelemetry.plugins.hookspecs", "llamatelemetry.plugins.records", "llamatelemetry._runtime"}
+
+
+def test_importing_the_manager_loads_no_builtin_plugin(run_python: Any) -> None:
+    result = run_python("""
+        import sys
+        from llamatelemetry.plugins import PluginManager
+        pm = PluginManager(load_entry_points=False)
+        print(sorted(m for m in sys.modules if m.split(".")[1:2] and m.split(".")[1] in {"cli", "gpu", "bench"}
+                     and m.startswith("llamatelemetry.")))
+        pm.ensure_loaded()
+        print("llamatelemetry.cli.commands" in sys.modules, "llamatelemetry.gpu.plugin" in sys.modules)
+        """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["[]", "True True"]
+
+
+# ---------------------------------------------------------------- what the core's extras provide
+
+
+def test_the_core_extras_table_is_consistent_with_its_extras() -> None:
+    from importlib import metadata
+
+    from llamatelemetry.plugins.extras import provided_features
+
+    core = metadata.metadata("llamatelemetry-core")
+    extras = set(core.get_all("Provides-Extra") or [])
+    features = provided_features()
+    for alias in ("llamatelemetry.llama", "llamatelemetry.nccl", "llamatelemetry.unsloth", "llamatelemetry.kaggle",
+                  "llamatelemetry.backends.LlamaCppBackend", "llamatelemetry.backends.TransformersBackend",
+                  "llamatelemetry.sdk.instrument_llamacpp", "llamatelemetry.sdk.instrument_transformers"):
+        assert alias in features, f"the API reference's {alias} must be declared"
+    for feature in features.values():
+        assert feature.extra in extras, feature
+        assert feature.distribution is not None, f"extra {feature.extra!r} names no distribution in Requires-Dist"
+        assert feature.distribution.replace("-", "_") == feature.module.split(".")[0], feature
+        assert feature.install_command == f'pip install "llamatelemetry-core[{feature.extra}]"'
+
+
+def test_every_declared_import_path_resolves_when_the_plugins_are_installed() -> None:
+    import importlib
+
+    from llamatelemetry.plugins.extras import load_feature, provided_features
+
+    for key, feature in provided_features().items():
+        if not key.startswith("llamatelemetry."):
+            continue
+        module_name, _, attribute = key.rpartition(".")
+        if feature.attribute is None:
+            assert importlib.import_module(key) is importlib.import_module(feature.module), key
+        else:
+            assert getattr(importlib.import_module(module_name), attribute) is load_feature(key), key
+
+
+def test_a_plugin_too_old_for_a_declared_name_says_upgrade(fake_dists: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llamatelemetry.errors import PluginFeatureMissingError
+    from llamatelemetry.plugins import extras
+
+    fake_dists.add("llamatelemetry-old", "0.0.1", {"llamatelemetry_old": "OTHER = 1\n"}, {})
+    old = extras.ProvidedFeature("llamatelemetry.backends.NewBackend", "llamatelemetry_old", "NewBackend", "old",
+                                 "llamatelemetry-old")
+    monkeypatch.setattr(extras, "provided_features", lambda: {old.key: old})
+    with pytest.raises(PluginFeatureMissingError, match=r'llamatelemetry-old 0\.0\.1.*pip install --upgrade'):
+        from llamatelemetry.backends import NewBackend  # noqa: F401
+
+
+def test_create_engine_without_the_plugin_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "llamatelemetry_llamacpp", None)
+    with fresh_plugin_manager(), pytest.raises(BackendNotFoundError) as caught:
+        create_engine("llama.cpp", llama_server_url="http://127.0.0.1:1")
+    assert 'Install it with: pip install "llamatelemetry-core[llamacpp]"' in str(caught.value)
+    hint = r'core\[transformers\]|llamatelemetry-transformers'
+    with fresh_plugin_manager(), pytest.raises(BackendNotFoundError, match=hint):
+        create_engine("HF")
+
+
+def test_create_engine_forwards_llama_server_url_as_a_backend_option() -> None:
+    class Backends:
+        @hookimpl
+        def llamatelemetry_register_backends(self) -> list[BackendSpec]:
+            return [BackendSpec(name="options-echo", factory=f"{__name__}:_OptionsBackend")]
+
+    with fresh_plugin_manager(Backends()):
+        engine = create_engine("options-echo", "http://127.0.0.1:8090", temperature_default=0.5)
+    assert engine.backend.options == {"llama_server_url": "http://127.0.0.1:8090", "temperature_default": 0.5}
+
+
+class _OptionsBackend:
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def start(self) -> None: ...
+    def shutdown(self) -> None: ...
+    def generate(self, request: InferenceRequest) -> InferenceResult:
+        return InferenceResult(text="")
+
+
+def test_enable_nccl_without_the_plugin_warns_with_the_install_command(monkeypatch: pytest.MonkeyPatch,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "llamatelemetry_nccl", None)
+    with fresh_plugin_manager(), caplog.at_level(logging.WARNING, logger="llamatelemetry"), \
+            InMemoryTelemetry(enable_nccl=True):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if "enable_nccl" in r.getMessage()]
+    assert warnings == ['init(enable_nccl=True) needs the llamatelemetry-nccl plugin, which is not installed. '
+                        'Install it with: pip install "llamatelemetry-core[nccl]"']
+
+
+@pytest.mark.parametrize(("blocked", "warned"), [("", False), ("llamatelemetry-nccl", True)])
+def test_enable_nccl_with_the_plugin_installed(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+                                              blocked: str, warned: bool) -> None:
+    monkeypatch.setenv("LLAMATELEMETRY_DISABLE_PLUGINS", blocked)
+    with fresh_plugin_manager(load_entry_points=True), caplog.at_level(logging.WARNING, logger="llamatelemetry"), \
+            InMemoryTelemetry(enable_nccl=True):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if "enable_nccl" in r.getMessage()]
+    assert bool(warnings) == warned, warnings
+    if warned:
+        assert "llamatelemetry-nccl plugin is blocked" in warnings[0]

@@ -14,9 +14,14 @@ Plugins load lazily, once: on the first ``init()`` or the first use of something
 them (``create_engine``, ``llamatelemetry plugins``), never at ``import llamatelemetry``.
 
 Isolation: an implementation that raises is logged with its plugin's name and the other
-implementations still run; the caller sees no exception. Hooks are called with keyword
-arguments, so an implementation may accept only the arguments it needs, and new arguments can
-be added to a spec later without breaking existing plugins.
+implementations still run; the caller sees no exception. A hook implementation whose name no
+spec here defines (``llamatelemetry_request_begin``) is an error, as with pluggy's
+``check_pending()``: an installed plugin with one is skipped and listed as failed by
+``llamatelemetry plugins``, and ``register_plugin`` raises ``PluginValidationError``. Mark an
+implementation ``@hookimpl(optionalhook=True)`` for a hook of a later version.
+
+Hooks are called with keyword arguments, so an implementation may accept only the arguments it
+needs, and new arguments can be added to a spec later without breaking existing plugins.
 
 The lifecycle, in order:
 
@@ -194,8 +199,10 @@ def llamatelemetry_telemetry_start(
     """Telemetry is configured: start background work (a GPU sampler) and create instruments.
 
     Called once per ``init()``, on the calling thread, after the tracer and meter providers are
-    ready. May start daemon threads; each must be stopped in
-    ``llamatelemetry_telemetry_shutdown``. Should return quickly.
+    ready. A plugin registered while telemetry runs (``register_plugin``, or ``init(plugins=...)``
+    on a second ``init()``) gets this call at registration, with the live settings and providers.
+    May start daemon threads; each must be stopped in ``llamatelemetry_telemetry_shutdown``.
+    Should return quickly.
 
     Example::
 
