@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from llamatelemetry import errors as core_errors
 from llamatelemetry.errors import BackendNotStartedError, BackendStartError
 from llamatelemetry.inference.base import InferenceRequest
 from llamatelemetry.inference.engine import InferenceEngine
@@ -21,7 +22,9 @@ from llamatelemetry.testing import InMemoryTelemetry
 from llamatelemetry_llamacpp import semconv as names
 from llamatelemetry_llamacpp.backend import LlamaCppBackend, check_gguf_file
 from llamatelemetry_llamacpp.backend_errors import (
+    ChatTemplateError,
     ContextOverflowError,
+    LlamaCppBackendError,
     LlamaCppNotInstalledError,
     ModelFileNotFoundError,
     ModelLoadError,
@@ -287,6 +290,8 @@ def test_bad_model_files_raise_distinct_errors_with_an_error_span(case: str, tin
         expected = TruncatedModelError
     cause, span = _start_error(path)
     assert type(cause) is expected
+    assert isinstance(cause, core_errors.ModelLoadError), "callers catch one class for any backend"
+    assert isinstance(cause, core_errors.ModelNotFoundError) == (case == "missing")
     assert str(path) in str(cause)
     assert str(span.status.status_code) == ERROR
     assert (span.attributes or {})[gen_ai.ERROR_TYPE] == f"{expected.__module__}.{expected.__qualname__}"
@@ -303,6 +308,7 @@ def test_a_gguf_llama_cpp_cannot_load_is_a_load_error(tmp_path: Path) -> None:
     assert check_gguf_file(path).n_tensors == 0  # complete and well-formed: llama.cpp is the one to refuse it
     cause, span = _start_error(path)
     assert type(cause) is ModelLoadError
+    assert isinstance(cause, core_errors.ModelLoadError) and not isinstance(cause, core_errors.ModelNotFoundError)
     assert "upgrade" in str(cause)
     assert str(span.status.status_code) == ERROR
 
@@ -331,6 +337,37 @@ def test_prompt_longer_than_the_context(engine: InferenceEngine) -> None:
     assert str(span.status.status_code) == ERROR
     assert (span.attributes or {})[gen_ai.ERROR_TYPE].endswith("ContextOverflowError")
     assert engine.generate(_request(max_tokens=2)).output_tokens == 2, "the backend still works"
+
+
+def test_context_overflow_is_caught_as_the_core_class(backend: LlamaCppBackend) -> None:
+    """``except llamatelemetry.errors.ContextOverflowError`` catches the overflow, with its sizes."""
+    too_long = [{"role": "user", "content": "the quick brown fox " * 200}]
+    try:
+        backend.generate(_request(too_long))
+    except core_errors.ContextOverflowError as caught:
+        error = caught
+    else:
+        pytest.fail("a prompt longer than the context window was generated")
+    assert type(error) is ContextOverflowError and isinstance(error, LlamaCppBackendError)
+    assert error.n_ctx == 256 and error.prompt_tokens is not None and error.prompt_tokens > 256
+    assert "n_ctx=" in str(error), "the message names this backend's own setting"
+
+
+def test_a_chat_template_that_rejects_the_messages_is_the_core_error(tiny_gguf: Path) -> None:
+    """llama-cpp-python's Jinja formatter raising on a system message: a core ChatTemplateError."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    strict = Jinja2ChatFormatter(
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+        "{{ m['content'] }}{% endfor %}", eos_token="</s>", bos_token="<s>").to_chat_handler()
+    backend = LlamaCppBackend(tiny_gguf, n_ctx=256, n_threads=1, chat_handler=strict)
+    with InferenceEngine(backend) as engine:
+        messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "tell me a story"}]
+        with pytest.raises(core_errors.ChatTemplateError, match="no system role") as raised:
+            engine.generate(_request(messages))
+        assert type(raised.value) is ChatTemplateError
+        assert "text_completion" in str(raised.value), "the message says what to do"
+        assert engine.generate(_request(messages[1:], max_tokens=2)).output_tokens == 2
 
 
 def test_missing_llama_cpp_gives_the_install_command(tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:

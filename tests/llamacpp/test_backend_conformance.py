@@ -19,3 +19,8 @@ class TestLlamaCppBackendConformance(BackendConformance):
     def backend(self, tiny_gguf: Path) -> LlamaCppBackend:
         """A new backend on the tiny model, not started."""
         return LlamaCppBackend(tiny_gguf, n_ctx=256, n_threads=1)
+
+    @pytest.fixture
+    def context_window(self) -> int:
+        """The n_ctx the backend is created with."""
+        return 256

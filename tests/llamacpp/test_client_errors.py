@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from llamatelemetry import errors as core_errors
 from llamatelemetry.semconv import gen_ai
 from llamatelemetry.testing import InMemoryTelemetry
 
@@ -167,6 +168,7 @@ def test_connection_refused(telemetry: InMemoryTelemetry) -> None:
     assert time.monotonic() - started >= 0.05 + 0.1  # two backoffs
     error = info.value
     assert isinstance(error, ConnectionError) and error.url == url
+    assert isinstance(error, core_errors.ServerUnavailableError), "callers catch one class for any server backend"
     assert url in str(error) and "connection refused" in str(error) and "Start it" in str(error)
     span = _error_span(telemetry)
     assert span.attributes[gen_ai.ERROR_TYPE] == _error_type(ServerUnavailableError)
@@ -203,6 +205,9 @@ def test_prompt_longer_than_the_context(llama_server: Any, telemetry: InMemoryTe
     error = info.value
     assert error.status == 400 and error.n_ctx == n_ctx
     assert error.n_prompt_tokens is not None and error.n_prompt_tokens > n_ctx
+    # The core class every backend's overflow is, with the same sizes under its names.
+    assert isinstance(error, core_errors.ContextOverflowError)
+    assert (error.prompt_tokens, error.n_ctx) == (error.n_prompt_tokens, n_ctx)
     assert "--ctx-size" in str(error)
     assert _error_span(telemetry).attributes[gen_ai.ERROR_TYPE] == _error_type(ContextSizeExceededError)
 
@@ -213,6 +218,7 @@ def test_read_timeout(llama_server: Any, telemetry: InMemoryTelemetry) -> None:
             pytest.raises(ServerTimeoutError) as info:
         client.chat.create(messages=[{"role": "user", "content": "Write a poem."}], max_tokens=48)
     assert isinstance(info.value, TimeoutError) and "0.05 s" in str(info.value)
+    assert isinstance(info.value, core_errors.ServerTimeoutError) and info.value.timeout == 0.05
     assert _error_span(telemetry).attributes[gen_ai.ERROR_TYPE] == _error_type(ServerTimeoutError)
     with LlamaCppClient(llama_server.base_url) as client:  # let the server finish before the next test
         deadline = time.monotonic() + 10

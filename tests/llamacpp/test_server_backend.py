@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from llamatelemetry.errors import BackendNotStartedError, BackendStartError
+from llamatelemetry.errors import BackendNotStartedError, BackendStartError, ContextOverflowError
 from llamatelemetry.inference.base import InferenceRequest, InferenceResult, LLMBackend
 from llamatelemetry.inference.engine import InferenceEngine
 from llamatelemetry.inference.types import SamplingParams
@@ -45,6 +45,12 @@ class TestServerBackendConformance(BackendConformance):
     @pytest.fixture
     def backend(self, llama_server: Any) -> LLMBackend:
         return LlamaCppServerBackend(llama_server.base_url)
+
+    @pytest.fixture
+    def context_window(self, llama_server: Any) -> int:
+        """A slot's context size, as the server reports it."""
+        with LlamaCppClient(llama_server.base_url) as client:
+            return int(client.props()["default_generation_settings"]["n_ctx"])
 
 
 def test_engine_records_one_span_with_the_servers_figures(llama_server: Any) -> None:
@@ -135,8 +141,9 @@ def test_server_errors_reach_the_engine_span(llama_server: Any) -> None:
     with LlamaCppClient(llama_server.base_url) as client:
         n_ctx = client.props()["default_generation_settings"]["n_ctx"]
     with InMemoryTelemetry() as t, InferenceEngine(LlamaCppServerBackend(llama_server.base_url)) as engine:
-        with pytest.raises(ContextSizeExceededError):
+        with pytest.raises(ContextOverflowError) as raised:  # the core class, as for every backend
             engine.generate(_request("hello " * (n_ctx + 50)))
+        assert type(raised.value) is ContextSizeExceededError and raised.value.n_ctx == n_ctx
         (span,) = t.spans()
     assert span.status.status_code.name == "ERROR"
     assert span.attributes[gen_ai.ERROR_TYPE] == "llamatelemetry_llamacpp.errors.ContextSizeExceededError"

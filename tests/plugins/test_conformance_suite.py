@@ -8,8 +8,11 @@ pytest_plugins = ["pytester"]
 
 BACKENDS = '''
 import pytest
+from llamatelemetry.errors import ContextOverflowError
 from llamatelemetry.inference import InferenceResult
 from llamatelemetry.testing import BackendConformance
+
+WINDOW = 32
 
 
 class Honest:
@@ -20,6 +23,8 @@ class Honest:
 
     def generate(self, request):
         words = request.prompt_text.split()
+        if len(words) >= WINDOW:
+            raise ContextOverflowError(prompt_tokens=len(words), n_ctx=WINDOW)
         out = words[: request.max_tokens]
         return InferenceResult(text=" ".join(out), input_tokens=len(words), output_tokens=len(out),
                                ttft_ms=0.5, total_ms=1.0, finish_reason="length" if len(out) == request.max_tokens
@@ -30,7 +35,7 @@ class Honest:
 
 
 class Sloppy(Honest):
-    """Ignores max_tokens, reports a negative TTFT, an unknown finish reason and no request_id."""
+    """Ignores max_tokens and the context window, reports a negative TTFT, an unknown finish reason, no request_id."""
 
     def generate(self, request):
         return InferenceResult(text="x " * 50, input_tokens=3, output_tokens=50, ttft_ms=-1.0,
@@ -42,11 +47,25 @@ class TestHonest(BackendConformance):
     def backend(self):
         return Honest()
 
+    @pytest.fixture
+    def context_window(self):
+        return WINDOW
+
 
 class TestSloppy(BackendConformance):
     @pytest.fixture
     def backend(self):
         return Sloppy()
+
+    @pytest.fixture
+    def context_window(self):
+        return WINDOW
+
+
+class TestWindowUnknown(BackendConformance):
+    @pytest.fixture
+    def backend(self):
+        return Honest()
 '''
 
 
@@ -55,14 +74,20 @@ def test_suite_separates_a_conforming_backend_from_a_sloppy_one(pytester: pytest
     result = pytester.runpytest_subprocess("-q", "-rA", "-p", "no:cacheprovider")
     passed = [line for line in result.outlines if line.startswith("PASSED")]
     failed = [line for line in result.outlines if line.startswith("FAILED")]
-    assert passed and all("TestHonest" in line or "TestSloppy" in line for line in passed + failed)
-    assert not [line for line in failed if "TestHonest" in line], "\n".join(result.outlines)
+    assert passed and all(line.split("::")[1] in ("TestHonest", "TestSloppy", "TestWindowUnknown")
+                          for line in passed + failed)
+    assert not [line for line in failed if "TestHonest" in line or "TestWindowUnknown" in line], \
+        "\n".join(result.outlines)
+    assert [line for line in passed if "TestHonest::test_context_overflow_is_the_core_error" in line]
+    skipped = [line for line in result.outlines if line.startswith("SKIPPED")]
+    assert len(skipped) == 1 and "context_window" in skipped[0], "\n".join(result.outlines)
     sloppy_failures = {line.split("::")[-1].split()[0] for line in failed if "TestSloppy" in line}
     assert sloppy_failures == {
         "test_token_counts_are_exact_and_bounded",
         "test_figures_are_honest",
         "test_finish_reason_uses_semconv_values",
         "test_request_id_round_trips",
+        "test_context_overflow_is_the_core_error",
     }, "\n".join(result.outlines)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from llamatelemetry import errors as core_errors
 from llamatelemetry.errors import BackendNotStartedError, BackendStartError
 from llamatelemetry.inference.api import create_engine
 from llamatelemetry.inference.base import InferenceRequest
@@ -17,7 +18,13 @@ from llamatelemetry.semconv import gen_ai
 from llamatelemetry.testing import InMemoryTelemetry
 from llamatelemetry_transformers import semconv as names
 from llamatelemetry_transformers.backend import OpenAIPenalties, TransformersBackend
-from llamatelemetry_transformers.errors import ContextOverflowError, ModelFolderNotFoundError
+from llamatelemetry_transformers.errors import (
+    ChatTemplateError,
+    ContextOverflowError,
+    ModelFolderNotFoundError,
+    ModelLoadError,
+    TransformersBackendError,
+)
 
 torch = pytest.importorskip("torch")
 
@@ -218,6 +225,20 @@ def test_context_limit_caps_the_output_and_refuses_overflow(tiny_llama_dir: Path
             engine.generate(_request([{"role": "user", "content": "tell me a story " * 20}]))
 
 
+def test_context_overflow_is_caught_as_the_core_class(backend: TransformersBackend) -> None:
+    """``except llamatelemetry.errors.ContextOverflowError`` catches the overflow, with its sizes."""
+    too_long = [{"role": "user", "content": "tell me a story " * 200}]
+    try:
+        backend.generate(_request(too_long))
+    except core_errors.ContextOverflowError as caught:
+        error = caught
+    else:
+        pytest.fail("a prompt longer than the context window was generated")
+    assert type(error) is ContextOverflowError and isinstance(error, TransformersBackendError)
+    assert error.n_ctx == 256 and error.prompt_tokens is not None and error.prompt_tokens > 256
+    assert "max_context=" in str(error), "the message names this backend's own setting"
+
+
 def test_dtype_and_device_are_honoured(tiny_llama_dir: Path) -> None:
     backend = TransformersBackend(tiny_llama_dir, device="cpu", dtype="bfloat16")
     with InferenceEngine(backend) as engine:
@@ -251,6 +272,31 @@ def test_missing_folder_and_bad_folders_say_what_to_do(tmp_path: Path) -> None:
         TransformersBackend(tmp_path / "model.gguf").start()
     with pytest.raises(TypeError, match="tokenizer="):
         TransformersBackend(model=object())
+
+
+def test_load_failures_are_the_core_model_load_errors(tmp_path: Path) -> None:
+    """A missing folder is a core ModelNotFoundError, a folder transformers cannot load a core ModelLoadError."""
+    with pytest.raises(core_errors.ModelNotFoundError) as missing:
+        TransformersBackend(tmp_path / "nope").start()
+    assert type(missing.value) is ModelFolderNotFoundError and isinstance(missing.value, FileNotFoundError)
+    assert missing.value.path == str(tmp_path / "nope")
+    (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    with pytest.raises(core_errors.ModelLoadError, match="could not load") as unloadable:
+        TransformersBackend(tmp_path).start()
+    assert type(unloadable.value) is ModelLoadError
+
+
+def test_a_chat_template_that_rejects_the_messages_is_the_core_error(tiny_llama_dir: Path) -> None:
+    """A template that raises on a system message: a core ChatTemplateError that says what to do."""
+    strict = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}"
+              "{% endif %}{{ m['content'] }}{% endfor %}")
+    with InferenceEngine(TransformersBackend(tiny_llama_dir, device="cpu", chat_template=strict)) as engine:
+        messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "tell me a story"}]
+        with pytest.raises(core_errors.ChatTemplateError, match="no system role") as raised:
+            engine.generate(_request(messages))
+        assert type(raised.value) is ChatTemplateError
+        assert "text_completion" in str(raised.value)
+        assert engine.generate(_request(messages[1:], max_tokens=2)).output_tokens == 2
 
 
 def test_generate_before_start_is_refused(tiny_llama_dir: Path) -> None:

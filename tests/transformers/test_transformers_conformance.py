@@ -17,3 +17,8 @@ class TestTransformersBackendConformance(BackendConformance):
     def backend(self, tiny_llama_dir: Path) -> TransformersBackend:
         """A new backend on the tiny model, not started."""
         return TransformersBackend(tiny_llama_dir, device="cpu")
+
+    @pytest.fixture
+    def context_window(self) -> int:
+        """The tiny model's max_position_embeddings."""
+        return 256

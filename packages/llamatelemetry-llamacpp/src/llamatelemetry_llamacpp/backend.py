@@ -653,7 +653,10 @@ class LlamaCppBackend:
             prompt, stops = captured.prompt, _stop_list(captured.stop)
         except Exception as exc:
             raise ChatTemplateError(f"The chat template of {self.model_name!r} (chat_format="
-                                    f"{llm.chat_format!r}) rejected the messages: {type(exc).__name__}: {exc}") from exc
+                                    f"{llm.chat_format!r}) rejected the messages: {type(exc).__name__}: {exc}. Fix "
+                                    "the messages (some templates need alternating user/assistant roles or no system "
+                                    "message), pass chat_format= or chat_handler= to LlamaCppBackend, or send the "
+                                    "request with operation='text_completion'.") from exc
         else:
             raise ChatTemplateError(f"The chat handler of {self.model_name!r} (chat_format={llm.chat_format!r}) "
                                     "does not build a text prompt, so this backend cannot run it: use a text chat "

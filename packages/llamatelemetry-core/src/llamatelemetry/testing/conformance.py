@@ -10,8 +10,9 @@ a new, not yet started backend::
         def backend(self):
             return MyBackend(model_path=tiny_model)
 
-Override ``conformance_messages`` to change the prompt. Every test starts and shuts down the
-backend itself.
+Override ``conformance_messages`` to change the prompt, and ``context_window`` (the backend's
+context size in tokens) to have the suite check that a prompt too long for it raises
+``llamatelemetry.errors.ContextOverflowError``. Every test starts and shuts down the backend itself.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from llamatelemetry.errors import BackendNotStartedError
+from llamatelemetry.errors import BackendNotStartedError, ContextOverflowError
 from llamatelemetry.inference.base import InferenceRequest, InferenceResult, LLMBackend
 from llamatelemetry.inference.engine import InferenceEngine
 from llamatelemetry.inference.types import SamplingParams
@@ -47,6 +48,11 @@ class BackendConformance:
     def conformance_messages(self) -> list[dict[str, Any]]:
         """The chat messages the suite sends."""
         return [{"role": "user", "content": "Say hello."}]
+
+    @pytest.fixture
+    def context_window(self) -> int | None:
+        """The backend's context window in tokens; ``None`` (the default) skips the overflow check."""
+        return None
 
     @pytest.fixture
     def started(self, backend: LLMBackend) -> Iterator[LLMBackend]:
@@ -105,6 +111,20 @@ class BackendConformance:
         request = self._request(conformance_messages, request_id="conformance-1")
         result = started.generate(request)
         assert result.request_id == "conformance-1"
+
+    def test_context_overflow_is_the_core_error(self, started: LLMBackend, context_window: int | None,
+                                                conformance_messages: list[dict[str, Any]]) -> None:
+        """A prompt longer than the context window raises llamatelemetry.errors.ContextOverflowError (or a subclass).
+
+        Callers catch that one class whatever the backend; the backend still serves the next request.
+        """
+        if context_window is None:
+            pytest.skip("define a context_window fixture (the backend's context size in tokens) to run this check")
+        # Twice as many words as the window has tokens: tokenizers give at least one token per spaced word.
+        too_long = [{"role": "user", "content": " ".join(["overflow"] * (2 * context_window))}]
+        with pytest.raises(ContextOverflowError):
+            started.generate(self._request(too_long))
+        assert isinstance(started.generate(self._request(conformance_messages)), InferenceResult)
 
     def test_shutdown_twice_is_harmless(self, backend: LLMBackend) -> None:
         """shutdown() may be called twice."""
