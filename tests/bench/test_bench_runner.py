@@ -46,7 +46,8 @@ def test_output_tokens_are_the_servers_usage_not_chunk_counts(bench_server: Any)
     assert (test.summary.metrics["tokens_per_chunk"].max or 0) >= 2
     # The server's own counter moved by exactly the measured requests' output (warm-up and nothing else).
     assert test.summary.server is not None
-    assert test.summary.server.tokens_predicted == test.summary.total_output_tokens == 4 * 48
+    assert test.summary.server["tokens_predicted"] == test.summary.total_output_tokens == 4 * 48
+    assert test.summary.server.figures["tokens_predicted"].unit == "tokens"
 
 
 def test_client_ttft_is_never_below_the_servers_prompt_time(bench_server: Any) -> None:
@@ -71,14 +72,15 @@ def test_concurrency_four_really_overlaps_and_one_does_not(bench_server: Any) ->
     # Long responses, so the four streams share many decode steps even on a busy machine.
     four = runner.run(bench_server.base_url, prompts=SHORT, n_tokens=512, concurrency=4, num_requests=8).tests[0]
     assert one.summary.max_in_flight == 1 and one.summary.max_decoding_at_once == 1
-    assert one.summary.server is not None and one.summary.server.busy_slots_per_decode == 1.0
+    assert one.summary.server is not None and one.summary.server["busy_slots_per_decode"] == 1.0
     # Four streams were decoding at the same instant on the client's clock ...
     assert four.summary.max_in_flight == 4 and four.summary.max_decoding_at_once >= 3
     # ... and the server says the same: more tokens than llama_decode calls means several slots per batch.
     server = four.summary.server
-    assert server is not None and server.tokens_predicted == 8 * 512
-    assert server.decode_calls is not None and server.decode_calls < 0.8 * server.tokens_predicted
-    assert server.max_busy_slots is not None  # /slots was polled (what it saw depends on timing: not asserted)
+    assert server is not None and server["tokens_predicted"] == 8 * 512
+    decode_calls = server["decode_calls"]
+    assert decode_calls is not None and decode_calls < 0.8 * 8 * 512
+    assert server["max_busy_slots"] is not None  # /slots was polled (what it saw depends on timing: not asserted)
 
 
 def test_warmup_requests_are_excluded_everywhere(bench_server: Any) -> None:
@@ -86,7 +88,7 @@ def test_warmup_requests_are_excluded_everywhere(bench_server: Any) -> None:
     summary = report.tests[0].summary
     assert len(report.tests[0].requests) == 2
     assert summary.warmup_requests == 3 and summary.completed == 2
-    assert summary.server is not None and summary.server.tokens_predicted == 2 * 16
+    assert summary.server is not None and summary.server["tokens_predicted"] == 2 * 16
     assert all(r.prompt_id != "warmup" for r in report.tests[0].requests)
 
 
@@ -176,17 +178,25 @@ def test_an_unreachable_server_is_a_clear_error() -> None:
         _runner().run(url, prompts=SHORT, n_tokens=4)
 
 
-def test_in_process_backend_runs_sequentially(bench_model: Path) -> None:
+def test_in_process_backend_runs_through_the_engine_driver(bench_model: Path) -> None:
+    """llama.cpp given only a model file: the engine driver, one in-process engine per concurrent stream."""
     pytest.importorskip("llama_cpp", reason="pip install llama-cpp-python")
-    runner = BenchmarkRunner(backend="llama.cpp", backend_options={"n_ctx": 1024, "n_threads": 2}, gpu_monitor=None)
+    runner = BenchmarkRunner(backend="llama.cpp", backend_options={"n_ctx": 1024, "n_threads": 1}, gpu_monitor=None)
+    assert type(runner.driver(runner.config(model_path=bench_model))).__name__ == "EngineLoadDriver"
     with InMemoryTelemetry() as telemetry:
         report = runner.run(model_path=bench_model, prompts=SHORT[:3], n_tokens=8, warmup=1, hash_model=False)
         spans = telemetry.spans()
     test = report.tests[0]
-    assert test.mode == "sequential" and test.summary.completed == 3
+    assert test.mode == "concurrency" and test.summary.completed == 3
     for record in test.requests:
         assert record.output_tokens == 8 and record.ttft_ms is not None and record.e2e_ms >= record.ttft_ms  # type: ignore[operator]
         assert record.gaps_ms == ()  # no stream in-process: no gaps rather than made-up ones
     assert sum(1 for s in spans if s.name == "benchmark request") == 4
-    with pytest.raises(ValueError, match="one request at a time"):
-        runner.run(model_path=bench_model, prompts=SHORT[:1], n_tokens=4, concurrency=2)
+    by_id = {s.context.span_id: s for s in spans if s.context is not None}
+    engine_spans = [s for s in spans if s.parent is not None and s.parent.span_id in by_id
+                    and by_id[s.parent.span_id].name == "benchmark request"]
+    assert len(engine_spans) == 4  # each request's GenAI span sits under its request span, across the thread hop
+    # Two streams, two engines, two threads: the requests really overlap.
+    both = runner.run(model_path=bench_model, prompts=SHORT[:2], n_tokens=48, concurrency=2, num_requests=4,
+                      warmup=0, hash_model=False).tests[0]
+    assert both.summary.completed == 4 and both.summary.max_in_flight == 2

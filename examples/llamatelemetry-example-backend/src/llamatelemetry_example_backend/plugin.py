@@ -7,9 +7,10 @@ from llamatelemetry.plugins import BackendSpec, hookimpl
 
 @hookimpl
 def llamatelemetry_register_backends() -> list[BackendSpec]:
-    """Register ``openai-compatible`` for ``create_engine``."""
+    """Register ``openai-compatible`` (alias ``example``) for ``create_engine`` and ``llamatelemetry bench``."""
     return [BackendSpec(
         name="openai-compatible",
+        aliases=("example",),
         factory="llamatelemetry_example_backend.backend:OpenAICompatibleBackend",
         provider_name="openai_compatible",
         span_kind="client",

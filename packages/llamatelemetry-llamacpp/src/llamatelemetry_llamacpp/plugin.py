@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from llamatelemetry.plugins import BackendSpec, InstrumentorSpec, PresetSpec, hookimpl
+from llamatelemetry.plugins import BackendSpec, InstrumentorSpec, LoadDriverSpec, PresetSpec, hookimpl
 from llamatelemetry_llamacpp.presets import PRESETS
 
 
@@ -34,6 +34,16 @@ def llamatelemetry_register_presets() -> list[PresetSpec]:
     """The llama.cpp server presets."""
     return [PresetSpec(name=name, values=dict(values), description=description)
             for name, (description, values) in PRESETS.items()]
+
+
+@hookimpl
+def llamatelemetry_register_load_drivers() -> list[LoadDriverSpec]:
+    """The ``bench`` driver for llama.cpp: streams from a server (``--url``, or one it starts), reads its figures."""
+    return [LoadDriverSpec(
+        name="llama.cpp", factory="llamatelemetry_llamacpp.load:FACTORY",
+        backends=("llama.cpp", "llamacpp", "llama_cpp", "llama-cpp"),
+        description="streams from a llama.cpp server and reads its /metrics and /slots",
+    )]
 
 
 @hookimpl

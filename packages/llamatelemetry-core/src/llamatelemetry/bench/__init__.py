@@ -10,8 +10,10 @@ Example::
     for c in compare_reports(BenchmarkReport.load("base.json"), report, regression_threshold_pct=10.0):
         print(c.test_name, c.metric, c.delta_pct, c.regression)
 
-Importing this package is light: the llama.cpp plugin, the OpenTelemetry SDK and any GPU module
-are imported only when a benchmark runs.
+The load itself comes from the backend's plugin (a load driver, registered with the hook
+``llamatelemetry_register_load_drivers``; see ``llamatelemetry.bench.drivers``), or, for a backend
+without one, from ``EngineLoadDriver`` over ``create_engine``. Importing this package is light:
+drivers, the OpenTelemetry SDK and any GPU module are imported only when a benchmark runs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,18 @@ from llamatelemetry.bench.compare import (
     environment_differences,
 )
 from llamatelemetry.bench.config import BenchmarkConfig, LoadSpec, ProgressEvent, poisson_schedule
+from llamatelemetry.bench.drivers import (
+    DoctorCheck,
+    DriverArguments,
+    DriverContext,
+    DriverDescription,
+    EngineLoadDriver,
+    LoadDriver,
+    LoadDriverError,
+    LoadDriverFactory,
+    LoadRequest,
+    RequestOutcome,
+)
 from llamatelemetry.bench.gpu_monitor import GPUMonitor
 from llamatelemetry.bench.prompts import (
     BUILTIN_PROMPTS,
@@ -35,6 +49,7 @@ from llamatelemetry.bench.prompts import (
 from llamatelemetry.bench.records import (
     GPUFigures,
     RequestRecord,
+    ServerFigure,
     ServerFigures,
     TestResult,
     TestSummary,
@@ -58,15 +73,26 @@ __all__ = [
     "BenchmarkRunner",
     "Comparison",
     "Distribution",
+    "DoctorCheck",
+    "DriverArguments",
+    "DriverContext",
+    "DriverDescription",
+    "EngineLoadDriver",
     "GPUFigures",
     "GPUMonitor",
+    "LoadDriver",
+    "LoadDriverError",
+    "LoadDriverFactory",
+    "LoadRequest",
     "LoadSpec",
     "ProgressEvent",
     "Prompt",
     "PromptFileError",
     "ReportFormatError",
     "ReportSchemaError",
+    "RequestOutcome",
     "RequestRecord",
+    "ServerFigure",
     "ServerFigures",
     "TestResult",
     "TestSummary",

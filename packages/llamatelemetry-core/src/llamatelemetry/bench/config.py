@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from typing import Any, Literal
@@ -10,10 +11,7 @@ import attrs
 
 from llamatelemetry.bench.records import LoadMode
 
-__all__ = ["BenchmarkConfig", "LoadSpec", "ProgressEvent", "ProgressCallback", "poisson_schedule",
-           "DEFAULT_SERVER_URL"]
-
-DEFAULT_SERVER_URL = "http://127.0.0.1:8090"
+__all__ = ["BenchmarkConfig", "LoadSpec", "ProgressEvent", "ProgressCallback", "poisson_schedule"]
 
 
 def _positive_int(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -55,12 +53,14 @@ class BenchmarkConfig:
 
     Example::
 
-        BenchmarkConfig(llama_server_url="http://127.0.0.1:8090", n_tokens=64, concurrency=(1, 4))
+        BenchmarkConfig(backend="llama.cpp", llama_server_url="http://127.0.0.1:8090", n_tokens=64,
+                        concurrency=(1, 4))
     """
 
     backend: str = "llama.cpp"
+    #: The server to load (the seed API's name); a backend's load driver decides what it means (see its docs).
     llama_server_url: str | None = None
-    #: A local model file: loaded in-process when there is no server URL, else only fingerprinted (sha256).
+    #: A local model file: fingerprinted (sha256); a driver may load it in-process when there is no server URL.
     model_path: str | None = None
     n_tokens: int = attrs.field(default=128, validator=_positive_int)
     concurrency: tuple[int, ...] = attrs.field(default=(1,), converter=_as_tuple, validator=_levels)
@@ -72,25 +72,25 @@ class BenchmarkConfig:
     #: Warm-up requests per test, left out of every figure; ``None`` sends one per concurrent stream.
     warmup: int | None = None
     seed: int = 0
-    #: ``False`` sends ``cache_prompt: false`` so every prompt is processed cold (llama.cpp).
+    #: ``False`` asks the server not to reuse its prompt cache, so every prompt is processed cold (where it can).
     cache_prompt: bool = False
-    #: ``True`` asks the server to ignore end-of-sequence, so every response is exactly ``n_tokens`` long.
+    #: ``True`` asks the server to ignore end-of-sequence, so every response is exactly ``n_tokens`` long
+    #: (where the driver can; an engine backend generates as it always does).
     ignore_eos: bool = True
     temperature: float = 0.0
     operation: Literal["chat", "text_completion"] = "chat"
     timeout_s: float = 300.0
     #: Stop sending new requests after this many seconds of a test (requests in flight finish).
     max_duration_s: float | None = None
-    #: Ask llama.cpp for per-token timings, which say how many tokens each chunk carried.
-    tokens_per_chunk: bool = True
-    #: Poll the server's ``/slots`` during a test to see how many slots were busy at once.
-    poll_slots: bool = True
     hash_model: bool = True
     prompt_set: str = "builtin"
     name: str = "benchmark"
     api_key: str | None = attrs.field(default=None, repr=False)
+    #: Keyword arguments for ``create_engine`` (the engine-based driver) or the backend's own driver.
     backend_options: dict[str, Any] = attrs.field(factory=dict)
-    #: Extra fields sent in every llama.cpp request body (``{"stop": ["###"], "top_k": 1}``).
+    #: The load driver's own options (its command-line arguments: ``{"tiny": True}``, ``{"poll_slots": False}``).
+    driver_options: dict[str, Any] = attrs.field(factory=dict)
+    #: Extra fields a server driver sends in every request body (``{"stop": ["###"], "top_k": 1}``).
     extra_body: dict[str, Any] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
@@ -119,11 +119,18 @@ class BenchmarkConfig:
         data = attrs.asdict(self, filter=lambda a, _: a.name != "api_key")
         data["concurrency"] = list(self.concurrency)
         data["request_rates"] = None if self.request_rates is None else list(self.request_rates)
-        data["extra_body"] = {k: (v if isinstance(v, (str, int, float, bool, list, type(None))) else repr(v))
-                              for k, v in self.extra_body.items()}
-        data["backend_options"] = {k: (v if isinstance(v, (str, int, float, bool, type(None))) else repr(v))
-                                   for k, v in self.backend_options.items()}
+        data["extra_body"] = {k: _json_value(v, lists=True) for k, v in self.extra_body.items()}
+        data["backend_options"] = {k: _json_value(v) for k, v in self.backend_options.items()}
+        data["driver_options"] = {k: _json_value(v) for k, v in self.driver_options.items()}
         return data
+
+
+def _json_value(value: Any, *, lists: bool = False) -> Any:
+    if isinstance(value, (str, int, float, bool, type(None))) or (lists and isinstance(value, list)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return repr(value)
 
 
 @attrs.frozen

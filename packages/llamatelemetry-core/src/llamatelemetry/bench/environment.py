@@ -5,26 +5,47 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["environment_fingerprint", "library_versions", "cpu_info", "model_info", "server_info"]
+__all__ = ["environment_fingerprint", "library_versions", "cpu_info", "model_info"]
 
-#: Distributions whose versions change results; those not installed are left out.
-_LIBRARIES = ("llamatelemetry-core", "llamatelemetry-llamacpp", "llamatelemetry-transformers", "xllamacpp",
-              "llama_cpp_python", "httpx", "opentelemetry-sdk", "torch", "transformers", "nvidia-ml-py")
+#: Distributions whose versions change results, besides every plugin's and what plugins depend on.
+_LIBRARIES = ("llamatelemetry-core", "httpx", "opentelemetry-sdk", "torch", "transformers", "nvidia-ml-py")
 
-#: Server /props fields that describe the build and the settings that shape performance.
-_PROPS_FIELDS = ("build_info", "total_slots", "model_path", "model_alias", "model_ftype", "chat_template_caps")
+
+def _plugin_distributions() -> list[str]:
+    """The distributions of the loaded plugins, and the libraries their extras name (what they run on)."""
+    from importlib import metadata
+
+    from llamatelemetry.plugins import get_plugin_manager
+
+    found: list[str] = []
+    for info in get_plugin_manager().plugin_infos():
+        if not info.distribution or info.distribution in found:
+            continue
+        found.append(info.distribution)
+        try:
+            requires = metadata.requires(info.distribution) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for requirement in requires:
+            if "extra ==" in requirement:  # an optional engine or server library (llama-cpp-python, xllamacpp)
+                name = requirement.split(";")[0].strip()
+                for stop in "<>=!~[ (":
+                    name = name.split(stop)[0]
+                found.append(name)
+    return found
 
 
 def library_versions() -> dict[str, str]:
     """Versions of the installed libraries that matter (read from metadata: nothing heavy is imported)."""
     from importlib import metadata
 
-    versions = {}
-    for name in _LIBRARIES:
+    versions: dict[str, str] = {}
+    for name in (*_LIBRARIES, *_plugin_distributions()):
+        if name in versions:
+            continue
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -67,23 +88,6 @@ def model_info(path: str | os.PathLike[str] | None, *, name: str | None = None,
             from llamatelemetry.artifacts import sha256_file
 
             info["sha256"] = sha256_file(file)
-    return info
-
-
-def server_info(url: str | None, props: Mapping[str, Any] | None,
-                model_meta: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
-    """The llama.cpp server's build and settings from ``/props`` and ``/v1/models``."""
-    if url is None:
-        return None
-    info: dict[str, Any] = {"url": url}
-    if props:
-        info.update({k: props[k] for k in _PROPS_FIELDS if k in props})
-        settings = props.get("default_generation_settings")
-        if isinstance(settings, Mapping) and "n_ctx" in settings:
-            info["n_ctx_per_slot"] = settings["n_ctx"]
-    if model_meta:
-        info["model_meta"] = {k: model_meta[k] for k in ("n_params", "n_ctx_train", "n_vocab", "size", "ftype")
-                              if k in model_meta}
     return info
 
 

@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 
 from llamatelemetry.bench.records import TestResult
-from llamatelemetry.bench.render import TABLE_ROWS
+from llamatelemetry.bench.render import TABLE_ROWS, server_figure_lines, server_header
 from llamatelemetry.bench.report import BenchmarkReport
 from llamatelemetry.bench.stats import Distribution
 
@@ -201,9 +201,13 @@ def _summary_table(test: TestResult) -> str:
     errors = ", ".join(f"{_esc(k)} &times;{v}" for k, v in s.errors.items()) or "none"
     rps = "-" if s.requests_per_s is None else f"{s.requests_per_s:,.2f}"
     tps = "-" if s.output_tokens_per_s is None else f"{s.output_tokens_per_s:,.1f}"
+    server = ""
+    if s.server is not None and s.server.figures:
+        source = f" ({_esc(s.server.source)})" if s.server.source else ""
+        server = f"<p>server{source}: {_esc(', '.join(server_figure_lines(s.server)))}</p>"
     return (f"<h3>{_esc(test.name)}</h3><p>{s.completed} ok, {s.failed} failed, {s.warmup_requests} warm-up excluded, "
             f"{s.duration_s:.2f} s; {rps} requests/s, {tps} output tokens/s; at most {s.max_in_flight} in flight, "
-            f"{s.max_decoding_at_once} streaming at once; errors: {errors}</p>"
+            f"{s.max_decoding_at_once} streaming at once; errors: {errors}</p>{server}"
             f"<table><tr><th>metric</th>{head}</tr>{''.join(rows)}</table>")
 
 
@@ -211,6 +215,7 @@ def render_html(report: BenchmarkReport) -> str:
     """The report as one HTML page: CDFs of TTFT, gaps, TPOT and latency, throughput bars, a TTFT timeline, tables."""
     env = report.environment
     model = (env.get("model") or {}).get("name", "?")
+    server = f"; {_esc(server_header(env['server']))}" if env.get("server") else ""
     charts = [
         _cdf_chart(report, "ttft_ms", "Time to first token"),
         _cdf_chart(report, "itl_ms", "Gap between chunks"),
@@ -234,7 +239,7 @@ th, td {{ padding: 3px 8px; border-bottom: 1px solid #eee; text-align: right; }}
 th:first-child {{ text-align: left; }}
 </style></head><body>
 <h1>{_esc(report.name)}</h1>
-<p>model <b>{_esc(model)}</b>; {_esc(config.get("n_tokens"))} output tokens per request; prompts
+<p>model <b>{_esc(model)}</b>{server}; {_esc(config.get("n_tokens"))} output tokens per request; prompts
 {_esc(config.get("prompt_set"))}; cache_prompt={_esc(config.get("cache_prompt"))}; seed {_esc(config.get("seed"))};
 created {_esc(report.created_at)}</p>
 {figures}

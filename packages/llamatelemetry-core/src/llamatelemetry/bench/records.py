@@ -14,7 +14,7 @@ import attrs
 
 from llamatelemetry.bench.stats import Distribution, max_overlap
 
-__all__ = ["RequestRecord", "GPUFigures", "ServerFigures", "TestSummary", "TestResult", "LoadMode",
+__all__ = ["RequestRecord", "GPUFigures", "ServerFigure", "ServerFigures", "TestSummary", "TestResult", "LoadMode",
            "DISTRIBUTION_METRICS", "summarize"]
 
 LoadMode = Literal["concurrency", "rate", "sequential"]
@@ -146,33 +146,57 @@ class GPUFigures:
 
 
 @attrs.frozen
-class ServerFigures:
-    """What the llama.cpp server's ``/metrics`` counters moved by during a test (warm-up excluded).
+class ServerFigure:
+    """One figure a load driver read from the server over a test: a value with its unit and a label for tables."""
 
-    Every figure is optional: the set of ``llamacpp:*`` families differs between builds, and the
-    server needs ``--metrics``. ``busy_slots_per_decode`` is tokens predicted per ``llama_decode``
-    call over the test: how many streams the server really decoded together.
-    """
-
-    prompt_tokens: float | None = None
-    prompt_tokens_cached: float | None = None
-    tokens_predicted: float | None = None
-    decode_calls: float | None = None
-    prompt_seconds: float | None = None
-    predicted_seconds: float | None = None
-    busy_slots_per_decode: float | None = None
-    #: Largest number of slots seen processing at once by polling ``/slots`` during the test.
-    max_busy_slots: int | None = None
+    value: float
+    #: ``"tokens"``, ``"s"``, ``"calls"``, ... (empty when the figure is a plain count or a ratio).
+    unit: str = ""
+    #: What the results table calls it; the figure's name when empty.
+    label: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
-        return attrs.asdict(self)
+        return {"value": self.value, "unit": self.unit, "label": self.label}
+
+
+@attrs.frozen
+class ServerFigures:
+    """What the server itself said about a test (warm-up excluded), as named figures its load driver chose.
+
+    The core knows no server: a driver fills ``figures`` (for llama.cpp, how far the ``/metrics``
+    counters moved and the most slots ``/slots`` showed busy) and the report, the results table
+    and the HTML page show them as they are. Every figure is optional: servers differ.
+
+    Example::
+
+        server = test.summary.server
+        server["tokens_predicted"], server.figures["tokens_predicted"].unit, server.source
+    """
+
+    figures: Mapping[str, ServerFigure] = attrs.field(factory=dict)
+    #: Where the figures come from (``"llama.cpp /metrics, /slots"``).
+    source: str = ""
+
+    def __getitem__(self, name: str) -> float | None:
+        """The value of the figure ``name``, or ``None`` when the driver could not read it."""
+        figure = self.figures.get(name)
+        return None if figure is None else figure.value
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {"source": self.source, "figures": {name: f.to_dict() for name, f in self.figures.items()}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ServerFigures:
-        """Read the JSON form."""
-        fields = {f.name for f in attrs.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in fields})
+        """Read the JSON form (also the flat ``{name: value}`` form of reports written before drivers were plugins)."""
+        raw = data.get("figures")
+        if not isinstance(raw, Mapping):
+            return cls(figures={k: ServerFigure(value=v) for k, v in data.items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        figures = {name: ServerFigure(value=f["value"], unit=str(f.get("unit", "")), label=str(f.get("label", "")))
+                   for name, f in raw.items() if isinstance(f, Mapping) and f.get("value") is not None}
+        return cls(figures=figures, source=str(data.get("source", "")))
 
 
 #: The per-request figures summarized as distributions, with their units, in report order.

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
 
 from llamatelemetry.bench.compare import Comparison
 from llamatelemetry.bench.config import ProgressEvent
-from llamatelemetry.bench.records import TestResult
+from llamatelemetry.bench.records import ServerFigures, TestResult
 from llamatelemetry.bench.report import BenchmarkReport
 from llamatelemetry.bench.stats import Distribution
 
-__all__ = ["ProgressBar", "render_results", "render_comparisons", "TABLE_ROWS"]
+__all__ = ["ProgressBar", "render_results", "render_comparisons", "server_figure_lines", "server_header", "TABLE_ROWS"]
 
 #: Rows of the results table: metric name in the summary, label, and how many decimals to show.
 TABLE_ROWS: tuple[tuple[str, str, int], ...] = (
@@ -101,13 +101,10 @@ def _test_lines(test: TestResult) -> list[str]:
         rows.append([label, *[_cell(distribution.get(stat), decimals) for stat in Distribution.STATS],
                      str(distribution.count)])
     lines += _table(rows)
-    overlap = f"  overlap: at most {s.max_in_flight} in flight, {s.max_decoding_at_once} streaming at once"
-    if s.server is not None:
-        if s.server.busy_slots_per_decode is not None:
-            overlap += f"; server decoded {s.server.busy_slots_per_decode:.2f} streams per decode call"
-        if s.server.max_busy_slots is not None:
-            overlap += f", {s.server.max_busy_slots} slots busy at most (/slots)"
-    lines.append(overlap)
+    lines.append(f"  overlap: at most {s.max_in_flight} in flight, {s.max_decoding_at_once} streaming at once")
+    if s.server is not None and s.server.figures:
+        source = f" ({s.server.source})" if s.server.source else ""
+        lines.append(f"  server{source}: " + ", ".join(server_figure_lines(s.server)))
     if s.total_cached_input_tokens:
         lines.append(f"  note: {s.total_cached_input_tokens} prompt tokens came from the server's prompt cache; "
                      "TTFT is lower than cold (use cache_prompt=False / --no-cache-prompt)")
@@ -123,6 +120,22 @@ def _test_lines(test: TestResult) -> list[str]:
     return lines
 
 
+def server_figure_lines(server: ServerFigures) -> list[str]:
+    """Each server figure as ``label value unit`` (the driver chose the names, units and labels)."""
+    return [f"{figure.label or name} {_number(figure.value)}{' ' + figure.unit if figure.unit else ''}"
+            for name, figure in server.figures.items()]
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.3g}" if abs(value) < 100 else f"{value:,.1f}"
+
+
+def server_header(server: Mapping[str, Any]) -> str:
+    """The server's line of a report header: its URL, and its driver's summary (build, slots) when there is one."""
+    text = f"server {server.get('url', '?')}"
+    return text + (f" ({server['summary']})" if server.get("summary") else "")
+
+
 def render_results(report: BenchmarkReport) -> str:
     """The results table of every test, with throughput, overlap, cache, GPU and error lines."""
     env = report.environment
@@ -130,8 +143,7 @@ def render_results(report: BenchmarkReport) -> str:
     server = env.get("server") or {}
     header = f"benchmark {report.name!r}: model {model.get('name', '?')}"
     if server:
-        header += f", server {server.get('url')} (build {server.get('build_info', '?')}, " \
-                  f"{server.get('total_slots', '?')} slots)"
+        header += ", " + server_header(server)
     config = report.config
     header += (f"\n  {config.get('n_tokens')} output tokens per request, prompts: {config.get('prompt_set')}, "
                f"cache_prompt={config.get('cache_prompt')}, ignore_eos={config.get('ignore_eos')}, "

@@ -1,22 +1,32 @@
-"""``BenchmarkRunner``: load a backend, measure every request, and return a ``BenchmarkReport``."""
+"""``BenchmarkRunner``: load a backend through its load driver, measure every request, return a report."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from llamatelemetry.bench.config import DEFAULT_SERVER_URL, BenchmarkConfig, LoadSpec, ProgressCallback
-from llamatelemetry.bench.environment import environment_fingerprint, model_info, server_info
+from llamatelemetry.bench.config import BenchmarkConfig, ProgressCallback
+from llamatelemetry.bench.drivers import (
+    DriverContext,
+    EngineLoadDriver,
+    LoadDriver,
+    LoadDriverError,
+    find_load_driver,
+    load_factory,
+)
+from llamatelemetry.bench.environment import environment_fingerprint, model_info
 from llamatelemetry.bench.gpu_monitor import GPUMonitor, default_gpu_monitor, gpu_environment
+from llamatelemetry.bench.load import LoadRunner
 from llamatelemetry.bench.prompts import Prompt, as_prompts
-from llamatelemetry.bench.records import TestResult
 from llamatelemetry.bench.report import BenchmarkReport
 
 __all__ = ["BenchmarkRunner"]
 
-_LLAMA_CPP = "llama.cpp"
+log = logging.getLogger("llamatelemetry.bench")
 
 
 def _levels(value: int | Iterable[int]) -> tuple[int, ...]:
@@ -31,8 +41,6 @@ def _rates(value: float | Iterable[float] | None) -> tuple[float, ...] | None:
 
 def _run_coroutine(coroutine: Any) -> Any:
     """``asyncio.run``, also from inside a running event loop (a notebook): then on a helper thread."""
-    import asyncio
-
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -54,13 +62,14 @@ def _run_coroutine(coroutine: Any) -> Any:
 
 
 class BenchmarkRunner:
-    """Benchmarks a backend: a llama.cpp server under concurrent streaming load, or any registered backend.
+    """Benchmarks a backend under concurrent load, through the load driver its plugin registered.
 
-    With ``backend="llama.cpp"`` and a server URL, requests stream over HTTP from this one
-    process (asyncio), ``concurrency`` at a time or at Poisson ``request_rate``. Any other
-    backend, or llama.cpp given only ``model_path=``, runs in-process through ``create_engine``,
-    one request at a time. Every request is traced (a ``benchmark request`` span around the
-    GenAI span) when telemetry is initialized.
+    A plugin may register a load driver for its backends (hook ``llamatelemetry_register_load_drivers``):
+    the llama.cpp plugin's streams from a llama.cpp server over HTTP and reads the server's
+    ``/metrics`` and ``/slots``. Any other backend runs through ``create_engine``, one engine per
+    concurrent stream (``EngineLoadDriver``). Either way ``concurrency`` streams run at once, or
+    requests arrive at Poisson ``request_rate``; every request is traced (a ``benchmark request``
+    span around the GenAI span) when telemetry is initialized.
 
     Example::
 
@@ -71,15 +80,19 @@ class BenchmarkRunner:
         report.save("report.json")
     """
 
-    def __init__(self, backend: str = _LLAMA_CPP, *, backend_options: Mapping[str, Any] | None = None,
-                 progress: ProgressCallback | None = None,
-                 gpu_monitor: GPUMonitor | Literal["auto"] | None = "auto") -> None:
+    def __init__(self, backend: str = "llama.cpp", *, backend_options: Mapping[str, Any] | None = None,
+                 driver_options: Mapping[str, Any] | None = None, progress: ProgressCallback | None = None,
+                 gpu_monitor: GPUMonitor | Literal["auto"] | None = "auto",
+                 notice: Callable[[str], None] | None = None) -> None:
         if not isinstance(backend, str) or not backend.strip():
             raise TypeError("BenchmarkRunner(backend=...) needs a backend name such as 'llama.cpp'.")
         self.backend = backend.strip()
         self.backend_options = dict(backend_options or {})
+        self.driver_options = dict(driver_options or {})
         self.progress = progress
         self._gpu_monitor = gpu_monitor
+        #: Where a driver's one-line messages go (``starting a server ...``); the log by default.
+        self.notice: Callable[[str], None] = notice if notice is not None else _notice
 
     # ------------------------------------------------------------------ public API
 
@@ -110,10 +123,10 @@ class BenchmarkRunner:
     ) -> BenchmarkReport:
         """Run one test per concurrency level (or per request rate) and return the report.
 
-        ``llama_server_url`` defaults to ``http://127.0.0.1:8090`` for llama.cpp unless
-        ``model_path`` asks for the model in this process. ``prompts`` defaults to the built-in
-        set; ``num_requests`` (per test) to one pass over the prompts. See ``BenchmarkConfig``
-        for every other setting.
+        ``llama_server_url`` is the server to load; what a backend does without one is up to its
+        driver (llama.cpp's tries ``http://127.0.0.1:8090``, or loads ``model_path`` in-process).
+        ``prompts`` defaults to the built-in set; ``num_requests`` (per test) to one pass over the
+        prompts. See ``BenchmarkConfig`` for every other setting.
         """
         config = self.config(
             llama_server_url=llama_server_url, prompts=prompts, n_tokens=n_tokens, concurrency=concurrency,
@@ -128,12 +141,8 @@ class BenchmarkRunner:
                    prompts: Sequence[str | Prompt | Mapping[str, Any]] | None = None, n_tokens: int = 128,
                    **options: Any) -> BenchmarkReport:
         """``run`` as a coroutine, for code that already runs an event loop."""
-        import asyncio
-
         config = self.config(llama_server_url=llama_server_url, prompts=prompts, n_tokens=n_tokens, **options)
-        if self._uses_server(config):
-            return await self._run_server(config, as_prompts(prompts))
-        return await asyncio.to_thread(self._run_engine, config, as_prompts(prompts))
+        return await self._run(config, as_prompts(prompts))
 
     def config(self, *, llama_server_url: str | None = None,
                prompts: Sequence[str | Prompt | Mapping[str, Any]] | None = None, n_tokens: int = 128,
@@ -143,90 +152,66 @@ class BenchmarkRunner:
         """The ``BenchmarkConfig`` that ``run`` would use for these arguments."""
         if prompt_set is None:
             prompt_set = "builtin" if prompts is None else f"custom ({len(prompts)} prompts)"
-        is_llamacpp = self._is_llamacpp()
-        if llama_server_url is None and is_llamacpp and model_path is None:
-            llama_server_url = DEFAULT_SERVER_URL
         return BenchmarkConfig(
             backend=self.backend, llama_server_url=llama_server_url,
             model_path=os.fspath(model_path) if model_path is not None else None, n_tokens=n_tokens,
             concurrency=_levels(concurrency), request_rates=_rates(request_rate), prompt_set=prompt_set,
-            backend_options=self.backend_options, **options)
+            backend_options=self.backend_options, driver_options=self.driver_options, **options)
 
     def run_config(self, config: BenchmarkConfig, prompts: Sequence[Prompt] | None = None) -> BenchmarkReport:
         """Run a prepared ``BenchmarkConfig`` (prompts default to the built-in set)."""
         chosen = list(prompts) if prompts is not None else as_prompts(None)
-        if self._uses_server(config):
-            report: BenchmarkReport = _run_coroutine(self._run_server(config, chosen))
-            return report
-        return self._run_engine(config, chosen)
+        report: BenchmarkReport = _run_coroutine(self._run(config, chosen))
+        return report
+
+    def driver(self, config: BenchmarkConfig) -> LoadDriver:
+        """The load driver for ``config``: the backend's registered one, else ``EngineLoadDriver``."""
+        context = DriverContext(backend=self.backend, config=config, options=config.driver_options,
+                                notice=self.notice)
+        spec = find_load_driver(self.backend)
+        if spec is None:
+            if config.driver_options:
+                raise LoadDriverError(f"Backend {self.backend!r} has no load driver of its own, so the driver options "
+                                      f"{sorted(config.driver_options)} mean nothing to it; pass backend_options.")
+            return EngineLoadDriver(context)
+        driver = load_factory(spec)(context)
+        if driver is None:
+            return EngineLoadDriver(context)
+        if not isinstance(driver, LoadDriver):
+            raise LoadDriverError(f"Load driver {spec.name!r} from {spec.distribution} returned "
+                                  f"{type(driver).__name__}, which is not a LoadDriver (start, send, test_started, "
+                                  "test_finished, describe, close).")
+        return driver
 
     # ------------------------------------------------------------------ internals
-
-    def _is_llamacpp(self) -> bool:
-        from llamatelemetry.plugins import get_plugin_manager
-
-        spec = get_plugin_manager().backends().get(self.backend.lower())
-        if spec is not None:
-            return spec.name == _LLAMA_CPP
-        from llamatelemetry.plugins.catalog import extra_for_backend
-
-        known = extra_for_backend(self.backend)
-        return known is not None and known.extra == "llamacpp"
-
-    def _uses_server(self, config: BenchmarkConfig) -> bool:
-        return self._is_llamacpp() and config.llama_server_url is not None
 
     def _monitor(self) -> GPUMonitor | None:
         if self._gpu_monitor == "auto":
             return default_gpu_monitor()
         return self._gpu_monitor
 
-    def _report(self, config: BenchmarkConfig, tests: list[TestResult], *, server: dict[str, Any] | None,
-                model: dict[str, Any] | None) -> BenchmarkReport:
+    async def _run(self, config: BenchmarkConfig, prompts: Sequence[Prompt]) -> BenchmarkReport:
+        specs = config.load_specs()
+        driver = self.driver(config)
+        load = LoadRunner(config, prompts, driver, progress=self.progress, gpu_monitor=self._monitor())
+        try:
+            await load.start(specs)
+            tests = await load.run(specs)
+            description = driver.describe()
+            # Before close: a driver may delete the model file it made (llama.cpp's --tiny) when it closes.
+            model = await asyncio.to_thread(model_info, description.model_path or config.model_path,
+                                            name=description.model_name, hash_file=config.hash_model)
+        finally:
+            await driver.close()
+        server: dict[str, Any] | None = None
+        if description.server is not None:
+            server = dict(description.server)
+            if description.summary:
+                server.setdefault("summary", description.summary)
         environment = environment_fingerprint(server=server, model=model, backend=self.backend,
                                               gpu=gpu_environment())
         return BenchmarkReport(tests=tuple(tests), environment=environment, config=config.to_dict(), name=config.name)
 
-    async def _run_server(self, config: BenchmarkConfig, prompts: Sequence[Prompt]) -> BenchmarkReport:
-        from llamatelemetry.bench.llamacpp_load import LlamaCppLoad
 
-        specs = config.load_specs()
-        load = LlamaCppLoad(config, prompts, progress=self.progress, gpu_monitor=self._monitor())
-        tests = await load.run(specs)
-        model_path = config.model_path
-        served = load.props.get("model_path")
-        if model_path is None and isinstance(served, str) and _is_local(config.llama_server_url) and os.path.isfile(
-                served):
-            model_path = served  # the server runs on this machine: fingerprint the very file it serves
-        import asyncio
-
-        model = await asyncio.to_thread(model_info, model_path, name=load.model_id or served,
-                                        hash_file=config.hash_model)
-        return self._report(config, tests, server=server_info(config.llama_server_url, load.props, load.model_meta),
-                            model=model)
-
-    def _run_engine(self, config: BenchmarkConfig, prompts: Sequence[Prompt]) -> BenchmarkReport:
-        from llamatelemetry.bench.engine_load import EngineLoad
-        from llamatelemetry.inference.api import create_engine
-
-        specs: list[LoadSpec] = config.load_specs()
-        if config.request_rates is not None or any(s.concurrency not in (None, 1) for s in specs):
-            raise ValueError(f"Backend {self.backend!r} runs in this process, one request at a time: concurrency and "
-                             "request_rate need a llama.cpp server (pass llama_server_url=...).")
-        options = dict(config.backend_options)
-        if config.model_path is not None:
-            options.setdefault("model_path", config.model_path)
-        engine = create_engine(self.backend, llama_server_url=config.llama_server_url, **options)
-        with engine:
-            tests = EngineLoad(config, prompts, engine, progress=self.progress, gpu_monitor=self._monitor()).run(
-                [LoadSpec("sequential", "sequential", 1, None)])
-        model_name = getattr(engine.backend, "model_name", None)
-        model = model_info(config.model_path, name=model_name, hash_file=config.hash_model)
-        return self._report(config, tests, server=None, model=model)
-
-
-def _is_local(url: str | None) -> bool:
-    from urllib.parse import urlsplit
-
-    host = urlsplit(url or "").hostname or ""
-    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+def _notice(message: str) -> None:
+    log.info("%s", message)

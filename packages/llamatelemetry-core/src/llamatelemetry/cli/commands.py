@@ -1,8 +1,9 @@
 """The core's own subcommands, registered through the same hook as any plugin's.
 
-``plugins`` lists plugins; ``bench`` benchmarks a backend (a llama.cpp server it may start itself);
-``compare`` is the regression gate between two benchmark reports; ``doctor`` reports the
-environment, GPUs, plugins and server kinds.
+``plugins`` lists plugins; ``bench`` benchmarks a backend through its load driver (each driver
+adds its own options, such as llama.cpp's ``--url`` and ``--tiny``); ``compare`` is the
+regression gate between two benchmark reports; ``doctor`` reports the environment, GPUs,
+plugins, and what each load driver checks (llama.cpp: the server kinds that can start).
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,8 @@ from llamatelemetry.plugins.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from llamatelemetry.bench.report import BenchmarkReport
+
+log = logging.getLogger("llamatelemetry.cli")
 
 
 def _plugins(args: argparse.Namespace) -> int:
@@ -52,10 +55,11 @@ def _plugins(args: argparse.Namespace) -> int:
 # ==================================================================================== bench
 
 _BENCH_EPILOG = """\
-examples:
+examples (--tiny, --url and --model come from the llama.cpp plugin's load driver):
   llamatelemetry bench --tiny                                   # a generated tiny model, no download
   llamatelemetry bench --url http://127.0.0.1:8090 -c 1,4 --output report.json --plot report.html
   llamatelemetry bench --model model.gguf --rate 2,4 --num-requests 40 --prompts prompts.jsonl
+  llamatelemetry bench --backend my-backend -O base_url=http://127.0.0.1:8080 -c 1,4   # any backend, via its engine
   llamatelemetry compare base.json report.json --threshold 10     # exit 1 on a regression (a CI gate)
 """
 
@@ -80,22 +84,55 @@ def _float_list(text: str) -> list[float]:
     return values
 
 
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. base_url=http://127.0.0.1:8080)")
+    try:
+        value: Any = json.loads(raw)  # numbers, true/false, null, lists; anything else is a string
+    except ValueError:
+        value = raw
+    return key.strip(), value
+
+
+def _add_driver_arguments(parser: argparse.ArgumentParser) -> dict[str, list[argparse.Action]]:
+    """Each load driver's own options, in a group of its own; returns the actions by driver name."""
+    from llamatelemetry.bench.drivers import DriverArguments, LoadDriverError, load_factory
+    from llamatelemetry.plugins import get_plugin_manager
+
+    owned: dict[str, list[argparse.Action]] = {}
+    for spec in sorted(set(get_plugin_manager().load_drivers().values()), key=lambda s: s.name):
+        try:
+            add = getattr(load_factory(spec), "add_arguments", None)
+            if add is None:
+                continue
+            group = parser.add_argument_group(f"{spec.name} load driver (--backend {', '.join(spec.backends)}; "
+                                              f"from {spec.distribution or 'a plugin'})")
+            arguments = DriverArguments(group)
+            add(arguments)
+        except (LoadDriverError, argparse.ArgumentError, TypeError, ValueError) as exc:
+            # One broken driver must not take the whole command line down; its options are just missing.
+            log.warning("load driver %r from %s could not add its bench options: %s", spec.name, spec.distribution,
+                        exc)
+            continue
+        owned[spec.name] = arguments.actions
+    return owned
+
+
 def _add_bench_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser = subparsers.add_parser(
-        "bench", help="benchmark a llama.cpp server (or any backend): latency percentiles, throughput, a report",
-        description="Send concurrent streaming requests (or Poisson arrivals) and report TTFT, every gap between "
-                    "chunks, time per output token, end-to-end latency and throughput, with the server's own "
-                    "timings beside the client's clock.",
+        "bench", help="benchmark a backend under concurrent load: latency percentiles, throughput, a report",
+        description="Send concurrent requests (or Poisson arrivals) and report TTFT, every gap between chunks, "
+                    "time per output token, end-to-end latency and throughput, with the server's own figures "
+                    "beside the client's clock. A backend whose plugin registered a load driver (llama.cpp) is "
+                    "loaded by that driver; any other runs through its engine, one engine per concurrent stream.",
         epilog=_BENCH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    target = parser.add_argument_group("what to benchmark (one of)")
-    where = target.add_mutually_exclusive_group()
-    where.add_argument("--url", help="a running llama.cpp server (default http://127.0.0.1:8090)")
-    where.add_argument("--model", type=Path, help="a .gguf file: start a llama.cpp server on it for the run")
-    where.add_argument("--tiny", action="store_true", help="start a server on a generated tiny model (no download)")
-    target.add_argument("--backend", default="llama.cpp",
-                        help="registered backend name (default llama.cpp); others run in-process, one at a time")
-    target.add_argument("--in-process", action="store_true",
-                        help="with --model: load the model in this process (llama-cpp-python) instead of a server")
+    target = parser.add_argument_group("what to benchmark")
+    target.add_argument("--backend", default="llama.cpp", help="registered backend name (default llama.cpp)")
+    target.add_argument("-O", "--backend-option", dest="backend_options", action="append", type=_key_value,
+                        default=[], metavar="KEY=VALUE",
+                        help="a keyword argument for the backend (create_engine), repeatable; the value is JSON "
+                             "when it parses, else a string: -O base_url=http://127.0.0.1:8080 -O timeout=60")
     load = parser.add_argument_group("load")
     load.add_argument("-c", "--concurrency", type=_int_list, default=[1],
                       help="concurrent streams, one test per level: 1,2,4 (default 1)")
@@ -110,9 +147,9 @@ def _add_bench_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     load.add_argument("--seed", type=int, default=0, help="seed for prompt order, arrivals and sampling (default 0)")
     load.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     load.add_argument("--cache-prompt", action=argparse.BooleanOptionalAction, default=False,
-                      help="let llama.cpp reuse its prompt cache (default off: every prompt measured cold)")
+                      help="let the server reuse its prompt cache (default off: every prompt measured cold)")
     load.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
-                      help="generate exactly --n-tokens per request (default on)")
+                      help="ask the server for exactly --n-tokens per request (default on)")
     load.add_argument("--operation", choices=["chat", "text_completion"], default="chat",
                       help="chat (the chat template, default) or raw text completion")
     load.add_argument("--timeout", type=float, default=300.0, help="seconds to wait on a response (default 300)")
@@ -120,13 +157,6 @@ def _add_bench_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     load.add_argument("--name", default="benchmark", help="the report's name")
     load.add_argument("--api-key", default=os.environ.get("LLAMA_API_KEY"),
                       help="the server's API key (default: $LLAMA_API_KEY)")
-    server = parser.add_argument_group("a server started by --model / --tiny")
-    server.add_argument("--n-parallel", type=int, help="server slots (default: the largest concurrency, 4 for --rate)")
-    server.add_argument("--ctx-size", type=int, help="total context (default 2048 per slot)")
-    server.add_argument("--gpu-layers", type=int, default=99, help="layers to offload to a GPU (default 99)")
-    server.add_argument("--threads", type=int, help="server CPU threads")
-    server.add_argument("--server-kind", choices=["xllamacpp", "llama-server", "llama-cpp-python"],
-                        help="which llama.cpp server to start (default: the first installed)")
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--output", type=Path, help="write the report as JSON")
     out.add_argument("--plot", type=Path,
@@ -135,7 +165,7 @@ def _add_bench_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     out.add_argument("--trace-file", type=Path, help="write the benchmark's spans and metrics as JSON lines")
     out.add_argument("--no-hash", action="store_true", help="do not sha256 the model file (large models take a while)")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(handler=_bench)
+    parser.set_defaults(handler=_bench, driver_actions=_add_driver_arguments(parser))
 
 
 def _bench_error(message: str) -> int:
@@ -168,40 +198,26 @@ def _bench_telemetry(args: argparse.Namespace) -> Iterator[None]:
         print(f"telemetry: {stats.exported} spans exported, {stats.dropped} dropped", file=sys.stderr)
 
 
-@contextlib.contextmanager
-def _bench_server(args: argparse.Namespace, levels: list[int]) -> Iterator[tuple[str | None, str | None]]:
-    """Yield (server URL, local model path): a server started here for --model/--tiny, else --url's."""
-    if args.url or args.in_process or not (args.model or args.tiny):
-        yield args.url, os.fspath(args.model) if args.model else None
-        return
-    from llamatelemetry.plugins.catalog import import_plugin_module
+def _driver_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The chosen backend's driver options; options of a driver that does not serve it are an error."""
+    from llamatelemetry.bench.drivers import find_load_driver
 
-    import_plugin_module("llamacpp", "llamatelemetry bench --model/--tiny")
-    from llamatelemetry_llamacpp.server import ServerManager
+    spec = find_load_driver(args.backend)
+    chosen: dict[str, Any] = {}
+    for name, actions in args.driver_actions.items():
+        if spec is not None and name == spec.name:
+            chosen.update({action.dest: getattr(args, action.dest) for action in actions})
+            continue
+        given = [action.option_strings[0] for action in actions
+                 if action.option_strings and getattr(args, action.dest) != action.default]
+        if given:
+            raise ValueError(f"{', '.join(dict.fromkeys(given))}: options of the {name} load driver, which does not "
+                             f"serve backend {args.backend!r} (use --backend-option KEY=VALUE for its options)")
+    return chosen
 
-    workdir = Path(tempfile.mkdtemp(prefix="llamatelemetry-bench-"))
-    n_parallel = args.n_parallel or max(levels)
-    if args.tiny:
-        from llamatelemetry_llamacpp.testing import write_tiny_gguf
 
-        # A long enough trained context that the built-in long prompts fit in each slot.
-        model = Path(write_tiny_gguf(workdir / "tiny-llama.gguf", seed=0, n_ctx_train=4096))
-    else:
-        model = Path(args.model).expanduser()
-        if not model.is_file():
-            raise FileNotFoundError(f"model file not found: {model}")
-    manager = ServerManager(log_dir=workdir)
-    print(f"starting a llama.cpp server on {model.name} ({n_parallel} slots) ...", file=sys.stderr)
-    manager.start_server(model, gpu_layers=args.gpu_layers, port=None, n_parallel=n_parallel,
-                         ctx_size=args.ctx_size or 2048 * n_parallel, threads=args.threads, kind=args.server_kind,
-                         flash_attn=False if args.tiny else None)
-    try:
-        yield manager.base_url, os.fspath(model)
-    finally:
-        manager.stop_server()
-        import shutil
-
-        shutil.rmtree(workdir, ignore_errors=True)
+def _stderr_notice(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -210,25 +226,21 @@ def _bench(args: argparse.Namespace) -> int:
     from llamatelemetry.bench.render import ProgressBar, render_results
     from llamatelemetry.errors import LlamaTelemetryError
 
-    levels: list[int] = args.concurrency
-    if args.rate and len(levels) > 1:
+    if args.rate and len(args.concurrency) > 1:
         return _bench_error("give --concurrency levels or --rate rates, not both (--max-concurrency caps --rate)")
-    if args.in_process and not args.model:
-        return _bench_error("--in-process needs --model PATH")
-    if args.rate:
-        levels = [args.max_concurrency or 4]
     try:
         prompts = load_prompts(args.prompts) if args.prompts else None
-        runner = BenchmarkRunner(backend=args.backend, progress=None if args.quiet else ProgressBar())
-        with _bench_server(args, levels) as (url, model_path), _bench_telemetry(args):
+        runner = BenchmarkRunner(backend=args.backend, backend_options=dict(args.backend_options),
+                                 driver_options=_driver_options(args), notice=_stderr_notice,
+                                 progress=None if args.quiet else ProgressBar())
+        with _bench_telemetry(args):
             report = runner.run(
-                llama_server_url=url, prompts=prompts, n_tokens=args.n_tokens,
+                prompts=prompts, n_tokens=args.n_tokens,
                 concurrency=args.concurrency if not args.rate else (args.max_concurrency or 1),
                 request_rate=args.rate, max_concurrency=args.max_concurrency, num_requests=args.num_requests,
                 warmup=args.warmup, seed=args.seed, cache_prompt=args.cache_prompt, ignore_eos=args.ignore_eos,
                 temperature=args.temperature, operation=args.operation, timeout_s=args.timeout,
-                max_duration_s=args.max_duration, model_path=model_path, hash_model=not args.no_hash,
-                name=args.name, api_key=args.api_key,
+                max_duration_s=args.max_duration, hash_model=not args.no_hash, name=args.name, api_key=args.api_key,
                 prompt_set=f"{args.prompts.name} ({len(prompts)} prompts)" if prompts else None)
     except (LlamaTelemetryError, ValueError, FileNotFoundError, ImportError) as exc:
         return _bench_error(str(exc))
@@ -295,6 +307,34 @@ def _add_compare_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
 # ==================================================================================== doctor
 
 
+def _doctor_checks(pm: Any) -> list[dict[str, Any]]:
+    """What each load driver adds to the report (llama.cpp: the server kinds that can start here)."""
+    from llamatelemetry.bench.drivers import load_factory
+
+    checks: list[dict[str, Any]] = []
+    for spec in sorted(set(pm.load_drivers().values()), key=lambda s: s.name):
+        try:
+            doctor = getattr(load_factory(spec), "doctor", None)
+            found = list(doctor()) if doctor is not None else []
+        except Exception as exc:  # a broken check is a finding of the doctor, not a crash of it
+            checks.append({"key": f"{spec.name}_driver", "label": f"{spec.name} load driver", "value": None,
+                           "text": f"check failed ({type(exc).__name__}: {exc})"})
+            continue
+        checks += [{"key": c.key, "label": c.label, "value": c.value, "text": c.text} for c in found]
+    return checks
+
+
+def _install_hint() -> str:
+    """``pip install "llamatelemetry-core[EXTRA]"`` with the extras the installed core declares."""
+    from importlib import metadata
+
+    try:
+        extras = [e for e in metadata.metadata("llamatelemetry-core").get_all("Provides-Extra") or [] if e != "all"]
+    except metadata.PackageNotFoundError:
+        extras = []
+    return 'pip install "llamatelemetry-core[EXTRA]"' + (f", EXTRA one of {', '.join(extras)}" if extras else "")
+
+
 def _doctor_report() -> dict[str, Any]:
     import platform
 
@@ -308,12 +348,6 @@ def _doctor_report() -> dict[str, Any]:
     plugins = [{"name": i.name, "distribution": i.distribution, "version": i.version, "status": i.status,
                 "error": i.error} for i in pm.plugin_infos()]
     backends = sorted({spec.name for spec in pm.backends().values()})
-    try:
-        from llamatelemetry_llamacpp.server import available_server_kinds
-
-        server_kinds: list[str] | None = available_server_kinds()
-    except ImportError:
-        server_kinds = None
     gpu_module = True
     try:
         import importlib.util
@@ -324,15 +358,21 @@ def _doctor_report() -> dict[str, Any]:
     telemetry = {name: os.environ[name] for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL",
                                                      "OTEL_SERVICE_NAME", "LLAMATELEMETRY_PLUGINS",
                                                      "LLAMATELEMETRY_DISABLE_PLUGINS") if name in os.environ}
-    return {
+    info: dict[str, Any] = {
         "llamatelemetry": __version__,
         "python": f"{platform.python_version()} ({sys.executable})",
         "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
         "cpu": cpu_info(), "libraries": library_versions(),
         "gpu": gpu_environment() if gpu_module else None, "gpu_module": gpu_module,
-        "plugins": plugins, "backends": backends, "llama_cpp_server_kinds": server_kinds,
+        "plugins": plugins, "backends": backends, "load_drivers": sorted({s.name for s in pm.load_drivers().values()}),
         "conflicts": pm.conflicts(), "environment": telemetry,
     }
+    checks = _doctor_checks(pm)
+    for check in checks:
+        # Each check's value also sits at the top level under its key (``llama_cpp_server_kinds``), unless taken.
+        info.setdefault(check["key"], check["value"])
+    info["checks"] = checks
+    return info
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -367,14 +407,10 @@ def _doctor(args: argparse.Namespace) -> int:
         print(f"  {plugin['name']:<28} {plugin['distribution'] or '-'} {plugin['version'] or '-'}  {status}")
     for conflict in info["conflicts"]:
         print(f"  conflict: {conflict}")
-    print("\nbackends: " + (", ".join(info["backends"]) or "none (install a plugin, e.g. "
-                                                                'pip install "llamatelemetry-core[llamacpp]")'))
-    kinds = info["llama_cpp_server_kinds"]
-    if kinds is None:
-        print('llama.cpp servers: the llama.cpp plugin is not installed (pip install "llamatelemetry-core[llamacpp]")')
-    else:
-        print("llama.cpp servers: " + (", ".join(kinds) or 'none installed (pip install '
-                                                           '"llamatelemetry-llamacpp[server]")'))
+    print("\nbackends: " + (", ".join(info["backends"]) or f"none (install a plugin: {_install_hint()})"))
+    print("load drivers: " + (", ".join(info["load_drivers"]) or "none (every backend runs through its engine)"))
+    for check in info["checks"]:
+        print(f"{check['label']}: {check['text']}")
     if info["environment"]:
         print("\nenvironment")
         for name, value in info["environment"].items():
@@ -390,6 +426,6 @@ def llamatelemetry_register_commands(subparsers: argparse._SubParsersAction[Any]
     parser.set_defaults(handler=_plugins)
     _add_bench_parser(subparsers)
     _add_compare_parser(subparsers)
-    doctor = subparsers.add_parser("doctor", help="report the environment, GPUs, plugins, backends and server kinds")
+    doctor = subparsers.add_parser("doctor", help="report the environment, GPUs, plugins, backends and driver checks")
     doctor.add_argument("--json", action="store_true", help="print JSON instead of text")
     doctor.set_defaults(handler=_doctor)
