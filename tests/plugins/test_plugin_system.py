@@ -764,3 +764,31 @@ def test_enable_nccl_with_the_plugin_installed(monkeypatch: pytest.MonkeyPatch, 
     assert bool(warnings) == warned, warnings
     if warned:
         assert "llamatelemetry-nccl plugin is blocked" in warnings[0]
+
+
+def test_the_core_code_names_no_plugin_distribution() -> None:
+    """Install hints and import paths come from the core's metadata: no plugin name in the core's code.
+
+    Docstrings may name plugins (they document them); string constants in code may not.
+    """
+    import ast
+    import re
+    from pathlib import Path
+
+    packages = Path(__file__).resolve().parents[2] / "packages"
+    plugins = [d.name for d in packages.glob("llamatelemetry-*") if d.name != "llamatelemetry-core"]
+    assert {"llamatelemetry-llamacpp", "llamatelemetry-nccl"} <= set(plugins)
+    extras = [name.removeprefix("llamatelemetry-") for name in plugins]
+    names = sorted({*plugins, *(name.replace("-", "_") for name in plugins)})
+    forbidden = re.compile("|".join(map(re.escape, names)) + r"|llamatelemetry-core\[(?:" + "|".join(extras) + ")")
+    offenders = []
+    for path in sorted((packages / "llamatelemetry-core" / "src" / "llamatelemetry").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        offenders += [f"{path.relative_to(packages)}:{node.lineno}: {node.value[:80]!r}" for node in ast.walk(tree)
+                      if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                      and id(node) not in docstrings and forbidden.search(node.value)]
+    assert offenders == [], "the core names plugins in code; declare them in its llamatelemetry.extras entry points"

@@ -115,10 +115,15 @@ class GGUFNotAvailableError(StageNotFoundError, NotImplementedError):
     """GGUF conversion or GGUF quantization was asked for, and no installed plugin provides it."""
 
     def __init__(self, kind: str, name: str, available: Sequence[str], what: str) -> None:
+        from llamatelemetry.plugins.extras import find_feature
+
+        # Which plugin quantizes without llama.cpp is data in the core's packaging metadata.
+        provider = find_feature("stage:quantize:dynamic")
+        install = f": {provider.install_command}" if provider is not None else ""
         super().__init__(kind, name, available, hint=(
             f"{what} needs llama.cpp's own tools, which no llamatelemetry plugin wraps yet: convert the model with "
             "llama.cpp's convert_hf_to_gguf.py (python convert_hf_to_gguf.py <model folder> --outtype f16), then "
             "quantize it with llama-quantize (llama-quantize model-f16.gguf model-q4_k_m.gguf Q4_K_M), each inside "
             "a PipelineTracer stage (span_export_gguf, span_quantize) to trace it. For quantization without "
             "llama.cpp, quant_type='int8' (torch, CPU) or quant_type='nf4' (bitsandbytes, CUDA) run through "
-            'llamatelemetry-transformers: pip install "llamatelemetry-core[transformers]".'))
+            f"the plugin's quantize stages{install}."))
