@@ -35,11 +35,13 @@ def test_create_engine_finds_it_and_spans_carry_its_figures(llama_server: Any) -
 
 
 def test_an_absent_server_is_a_clear_start_error() -> None:
-    from llamatelemetry.errors import BackendStartError
+    from llamatelemetry.errors import BackendStartError, ServerUnavailableError
 
     engine = create_engine("openai-compatible", base_url="http://127.0.0.1:9")
-    with pytest.raises(BackendStartError, match=r"No OpenAI-compatible server answered at http://127\.0\.0\.1:9"):
+    with pytest.raises(BackendStartError, match=r"No OpenAI-compatible server answered at http://127\.0\.0\.1:9") \
+            as raised:
         engine.start()
+    assert isinstance(raised.value.__cause__, ServerUnavailableError), "the core class every server backend raises"
 
 
 class TestConformance(BackendConformance):

@@ -7,12 +7,9 @@ import time
 import urllib.parse
 from typing import Any
 
+from llamatelemetry.errors import BackendNotStartedError, ServerUnavailableError
 from llamatelemetry.inference import InferenceRequest, InferenceResult
 from llamatelemetry.semconv import gen_ai
-
-
-class BackendUnavailableError(RuntimeError):
-    """The server did not answer; the message names its URL."""
 
 
 class OpenAICompatibleBackend:
@@ -46,7 +43,9 @@ class OpenAICompatibleBackend:
             models.raise_for_status()
         except httpx.HTTPError as exc:
             self.shutdown()
-            raise BackendUnavailableError(f"No OpenAI-compatible server answered at {self.base_url}: {exc}") from exc
+            raise ServerUnavailableError(self.base_url, str(exc), message=(
+                f"No OpenAI-compatible server answered at {self.base_url}: {exc}. Start it, or pass the right "
+                "base_url.")) from exc
         if self.model_name is None:
             data = models.json().get("data") or [{}]
             self.model_name = data[0].get("id")
@@ -54,7 +53,7 @@ class OpenAICompatibleBackend:
     def generate(self, request: InferenceRequest) -> InferenceResult:
         """Stream one chat completion and report text, exact usage, TTFT and finish reason."""
         if self._http is None:
-            raise RuntimeError("call start() before generate()")
+            raise BackendNotStartedError("OpenAICompatibleBackend is not started: call start() before generate().")
         sampling = request.sampling
         body: dict[str, Any] = {
             "model": request.model or self.model_name, "messages": request.messages,
