@@ -169,8 +169,9 @@ class PluginInfo:
     name: str
     distribution: str | None
     version: str | None
-    #: ``"loaded"``, ``"failed"`` (it raised on import), ``"blocked"`` (LLAMATELEMETRY_DISABLE_PLUGINS),
-    #: ``"not allowed"`` (missing from LLAMATELEMETRY_PLUGINS), ``"builtin"`` or ``"registered"`` (by code).
+    #: ``"loaded"``, ``"failed"`` (it raised on import or implements a hook no spec defines),
+    #: ``"blocked"`` (LLAMATELEMETRY_DISABLE_PLUGINS), ``"not allowed"`` (missing from LLAMATELEMETRY_PLUGINS),
+    #: ``"builtin"`` or ``"registered"`` (by code).
     status: str
     error: str | None = None
     provides: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
