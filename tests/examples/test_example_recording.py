@@ -37,9 +37,14 @@ def test_a_direct_call_is_one_client_span_with_its_usage_and_metrics(llama_serve
 def test_a_failing_direct_call_is_recorded_and_raised(llama_server: Any) -> None:
     from llamatelemetry_example_backend.direct import recorded_chat
 
+    from llamatelemetry.errors import BackendNotStartedError
+
     backend = example.OpenAICompatibleBackend(llama_server.base_url)  # never started: generate() raises
     with InMemoryTelemetry() as telemetry:
-        with pytest.raises(RuntimeError, match="call start"):
+        with pytest.raises(BackendNotStartedError):
             recorded_chat(backend, InferenceRequest(messages=[{"role": "user", "content": "Hi"}]))
         (span,) = telemetry.spans()
-    assert span.status.status_code.name == "ERROR" and span.attributes["error.type"] == "RuntimeError"
+        durations = telemetry.metric_points("gen_ai.client.operation.duration")
+    assert span.status.status_code.name == "ERROR"
+    assert span.attributes["error.type"] == "llamatelemetry.errors.BackendNotStartedError"
+    assert durations[0].attributes["error.type"] == "llamatelemetry.errors.BackendNotStartedError"
