@@ -7,8 +7,8 @@ the requests and by the chunks:
 
 1. bare: a minimal asyncio httpx SSE reader that parses each event, with no bookkeeping;
 2. the harness without polling ``/slots`` (the part of its cost that scales with test time, not requests);
-3. the harness, telemetry off: ``BenchmarkRunner.run`` (the llama.cpp client, per-chunk
-   timestamps, records, summary, report);
+3. the harness, telemetry off: ``BenchmarkRunner.run`` (the llama.cpp plugin's load driver over
+   its client, per-chunk timestamps, the core's records, summary, report);
 4. the harness, telemetry on: the same with real SDK providers (a span per request and the
    client's span and metrics), exporting nowhere slow.
 
@@ -72,9 +72,10 @@ def harness(url: str, prompts: list[Any], *, poll_slots: bool = True) -> tuple[f
     """(CPU seconds, wall seconds, output chunks) of one BenchmarkRunner run."""
     from llamatelemetry.bench import BenchmarkRunner
 
-    runner = BenchmarkRunner(gpu_monitor=None)
+    # poll_slots is an option of the llama.cpp load driver (the plugin's), not of the core's harness.
+    runner = BenchmarkRunner(gpu_monitor=None, driver_options={"poll_slots": poll_slots})
     config = runner.config(llama_server_url=url, prompts=prompts, n_tokens=TOKENS, concurrency=CONCURRENCY,
-                           num_requests=REQUESTS, warmup=0, hash_model=False, poll_slots=poll_slots)
+                           num_requests=REQUESTS, warmup=0, hash_model=False)
     cpu, wall = time.process_time(), time.perf_counter()
     report = runner.run_config(config, prompts)
     elapsed_cpu, elapsed_wall = time.process_time() - cpu, time.perf_counter() - wall
