@@ -148,3 +148,27 @@ def test_reports_written_before_drivers_were_plugins_still_read() -> None:
     old = {"prompt_tokens": 40.0, "tokens_predicted": 192.0, "decode_calls": None, "max_busy_slots": 4}
     server = ServerFigures.from_dict(old)
     assert server["tokens_predicted"] == 192.0 and server["max_busy_slots"] == 4 and server["decode_calls"] is None
+
+
+def test_the_llamacpp_driver_starts_a_tiny_server_from_python_and_cleans_up() -> None:
+    pytest.importorskip("xllamacpp")
+    pytest.importorskip("gguf")
+    notices: list[str] = []
+    report = BenchmarkRunner("llama.cpp", driver_options={"tiny": True, "n_parallel": 2}, gpu_monitor=None,
+                             notice=notices.append).run(prompts=SHORT, n_tokens=4, concurrency=2, num_requests=2)
+    env = report.environment
+    assert report.tests[0].summary.completed == 2 and env["server"]["total_slots"] == 2
+    assert env["model"]["name"] == "tiny-llama" and len(env["model"]["sha256"]) == 64
+    assert not Path(env["model"]["path"]).exists()  # the generated model and its folder are gone with the server
+    assert notices and "starting a llama.cpp server on tiny-llama.gguf (2 slots)" in notices[0]
+
+
+def test_llamacpp_driver_option_mistakes_are_clear() -> None:
+    from llamatelemetry.bench import LoadDriverError
+
+    with pytest.raises(LoadDriverError, match="--in-process needs --model"):
+        BenchmarkRunner("llama.cpp", driver_options={"in_process": True}).run(n_tokens=4)
+    with pytest.raises(LoadDriverError, match="not both"):
+        BenchmarkRunner("llama.cpp", driver_options={"tiny": True}).run("http://127.0.0.1:9", n_tokens=4)
+    with pytest.raises(LoadDriverError, match="no load driver of its own"):
+        BenchmarkRunner("example", driver_options={"tiny": True}).run(n_tokens=4)
