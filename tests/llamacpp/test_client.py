@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import json
 import socket
 import subprocess
@@ -32,7 +33,7 @@ from llamatelemetry_llamacpp.client import (
     Stream,
     semconv_finish_reason,
 )
-from llamatelemetry_llamacpp.errors import LlamaCppHTTPError, ServerFeatureDisabledError
+from llamatelemetry_llamacpp.errors import LlamaCppHTTPError, ServerFeatureDisabledError, ServerUnavailableError
 
 HELLO = [{"role": "user", "content": "Say hello."}]
 
@@ -421,6 +422,46 @@ def test_tokenize_detokenize_round_trip(client: LlamaCppClient) -> None:
     tokens = client.tokenize("Hello world, telemetry!")
     assert tokens and all(isinstance(t, int) for t in tokens)
     assert client.detokenize(tokens) == "Hello world, telemetry!"
+
+
+def test_sync_and_async_clients_offer_the_same_calls() -> None:
+    """The twins share everything but the send: the same public methods, with the same parameters."""
+
+    def surface(obj: object) -> dict[str, list[tuple[str, Any, Any]]]:
+        return {name: [(p.name, p.kind, p.default) for p in inspect.signature(getattr(obj, name)).parameters.values()]
+                for name in dir(obj) if not name.startswith("_") and callable(getattr(obj, name))}
+
+    sync_client, async_client = LlamaCppClient(), AsyncLlamaCppClient()
+    try:
+        sync_methods, async_methods = surface(sync_client), surface(async_client)
+        assert sync_methods.pop("close") == async_methods.pop("aclose")
+        assert sync_methods == async_methods
+        assert surface(sync_client.chat) == surface(async_client.chat)
+        assert surface(sync_client.embeddings) == surface(async_client.embeddings)
+        for name in ("health", "models", "props", "slots", "metrics_text"):
+            assert [p[0] for p in async_methods[name]] == ["timeout", "retries"], name
+    finally:
+        sync_client.close()
+        asyncio.run(async_client.aclose())
+
+
+def test_per_call_limits_on_both_clients(client: LlamaCppClient, llama_server: Any) -> None:
+    """timeout= and retries= on one call work the same on both clients (the metrics bridge scrapes with them)."""
+
+    async def read() -> tuple[list[dict[str, Any]], str]:
+        async with AsyncLlamaCppClient(llama_server.base_url) as c:
+            return await c.slots(timeout=5.0, retries=0), await c.metrics_text(timeout=5.0, retries=0)
+
+    async_slots, async_text = asyncio.run(read())
+    sync_slots = client.slots(timeout=5.0, retries=0)
+    assert len(sync_slots) == len(async_slots) == client.props(timeout=5.0)["total_slots"]
+    for text in (async_text, client.metrics_text(timeout=5.0, retries=0)):
+        assert "# TYPE llamacpp:prompt_tokens_total counter" in text
+    closed = LlamaCppClient(f"http://127.0.0.1:{_free_port()}", retries=5, backoff=1.0)
+    started = time.monotonic()
+    with pytest.raises(ServerUnavailableError):
+        closed.health(retries=0)  # the call's own retries, not the client's five
+    assert time.monotonic() - started < 1.0
 
 
 def test_server_info_endpoints_make_no_spans(client: LlamaCppClient, telemetry: InMemoryTelemetry,

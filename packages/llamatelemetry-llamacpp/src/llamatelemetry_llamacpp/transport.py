@@ -139,7 +139,9 @@ class Transport:
     def _transport_error(self, exc: httpx.TransportError, request: HttpRequest) -> LlamaCppError:
         url = self.endpoint.display_url
         if isinstance(exc, httpx.ConnectTimeout):
-            return ServerUnavailableError(url, f"no answer within the connect timeout of {self.connect_timeout} s")
+            # A request's own timeout bounds its connection too (httpx.Timeout(t) sets every phase).
+            limit = request.timeout if request.timeout is not None else self.connect_timeout
+            return ServerUnavailableError(url, f"no answer within the connect timeout of {limit} s")
         if isinstance(exc, httpx.TimeoutException):
             phase = {httpx.ReadTimeout: "read", httpx.WriteTimeout: "write", httpx.PoolTimeout: "pool"}.get(
                 type(exc), "read")
