@@ -263,3 +263,44 @@ def test_request_from_payload_reads_openai_style_calls() -> None:
     assert completion.max_tokens == 3
     assert request_from_payload("text_completion", {"prompt": [1, 2, 3]}) is None  # token ids are no messages
     assert request_from_payload("chat", {"messages": [{"role": "robot", "content": "?"}]}) is None
+
+
+def test_hooks_that_take_no_request_run_without_one_being_built() -> None:
+    seen: list[tuple[str, tuple[str, ...]]] = []
+    built: list[int] = []
+
+    class SpanOnly:
+        @hookimpl
+        def llamatelemetry_request_start(self, span: Any) -> None:
+            seen.append(("start", (type(span).__name__,)))
+
+        @hookimpl
+        def llamatelemetry_request_end(self, span: Any, error: Any) -> None:
+            seen.append(("end", (repr(error),)))
+
+    def factory() -> InferenceRequest:
+        built.append(1)
+        return REQUEST
+
+    register_plugin(SpanOnly())
+    with InMemoryTelemetry():
+        generation = start_generation(factory, provider="p")
+        assert generation.request is None and not generation.needs_text  # nobody reads the request or the text
+        generation.finish(_result())
+    assert built == [] and [name for name, _ in seen] == ["start", "end"]
+
+
+def test_a_hook_that_reads_the_result_makes_the_text_needed() -> None:
+    class ResultReader:
+        @hookimpl
+        def llamatelemetry_request_end(self, span: Any, result: Any) -> None:
+            self.result = result
+
+    reader = ResultReader()
+    register_plugin(reader)
+    with InMemoryTelemetry():
+        generation = start_generation(REQUEST, provider="p")
+        assert generation.needs_text and generation.request is None
+        result = _result()
+        generation.finish(result)
+    assert reader.result is result

@@ -13,7 +13,6 @@ import llamatelemetry
 from llamatelemetry.errors import ValidationError
 from llamatelemetry.gpu import GPUDevice, GPUSampler, GPUSpanEnricher, NoGPUError
 from llamatelemetry.gpu.records import MIB
-from llamatelemetry.inference import InferenceRequest
 from llamatelemetry.semconv import gpu as names
 from llamatelemetry.testing import InMemoryTelemetry, fresh_plugin_manager
 from llamatelemetry.testing.fake_nvml import FakeNVML
@@ -162,7 +161,6 @@ def test_an_error_inside_the_block_still_records_and_propagates(fake_t4: FakeNVM
 
 
 def test_spans_that_never_end_are_forgotten_past_a_bound(fake_t4: FakeNVML) -> None:
-    request = InferenceRequest(messages=[{"role": "user", "content": "x"}])
     with GPUSampler.open(interval_s=3600) as sampler, fresh_plugin_manager(), InMemoryTelemetry() as telemetry:
         enricher = GPUSpanEnricher(0, sampler=sampler)
         enricher.MAX_OPEN_SPANS = 3
@@ -170,10 +168,10 @@ def test_spans_that_never_end_are_forgotten_past_a_bound(fake_t4: FakeNVML) -> N
         assert tracer is not None
         spans = [tracer.start_span(f"leaked {i}") for i in range(5)]
         for span in spans:  # a client that starts requests and never ends them
-            enricher.llamatelemetry_request_start(span, request)
+            enricher.llamatelemetry_request_start(span)
         assert len(enricher._open) == 3 and len(sampler._observers) == 3
-        enricher.llamatelemetry_request_end(spans[0], request, None, None)  # forgotten: nothing to add
-        enricher.llamatelemetry_request_end(spans[4], request, None, None)
+        enricher.llamatelemetry_request_end(spans[0], None)  # forgotten: nothing to add
+        enricher.llamatelemetry_request_end(spans[4], None)
         assert len(enricher._open) == 2 and len(sampler._observers) == 2
         for span in spans:
             span.end()

@@ -14,8 +14,6 @@ from llamatelemetry_transformers import gpu
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from llamatelemetry.inference.base import InferenceRequest, InferenceResult
-
 
 @hookimpl
 def llamatelemetry_register_backends() -> list[BackendSpec]:
@@ -49,14 +47,14 @@ def llamatelemetry_register_stages() -> list[StageSpec]:
     ]
 
 
+# The enricher's hooks declare only the span: the recorder then builds no request for them on every call.
 @hookimpl
-def llamatelemetry_request_start(span: Span, request: InferenceRequest) -> None:
+def llamatelemetry_request_start(span: Span) -> None:
     """The torch GPU enricher: CUDA memory at the request's start (nothing unless CUDA is in use)."""
     gpu.on_request_start(span)
 
 
 @hookimpl
-def llamatelemetry_request_end(span: Span, request: InferenceRequest, result: InferenceResult | None,
-                               error: BaseException | None) -> None:
+def llamatelemetry_request_end(span: Span) -> None:
     """The torch GPU enricher: CUDA memory at the request's end, and the difference from its start."""
     gpu.on_request_end(span)

@@ -19,7 +19,7 @@ from llamatelemetry.semconv import gpu as names
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from llamatelemetry.inference.base import InferenceRequest, InferenceResult
+    from llamatelemetry.inference.base import InferenceResult
 
 __all__ = ["GPUSpanEnricher"]
 
@@ -285,8 +285,9 @@ class GPUSpanEnricher:
 
     # ---------------------------------------------------------------- request hooks
 
+    # The hooks declare only what they read: without ``request`` the recorder never builds one for them.
     @hookimpl
-    def llamatelemetry_request_start(self, span: Span, request: InferenceRequest) -> None:
+    def llamatelemetry_request_start(self, span: Span) -> None:
         """Open the request span's GPU window."""
         window = self.start(span)
         if window is None:
@@ -299,8 +300,7 @@ class GPUSpanEnricher:
         open_windows[id(span)] = window
 
     @hookimpl
-    def llamatelemetry_request_end(self, span: Span, request: InferenceRequest, result: InferenceResult | None,
-                                   error: BaseException | None) -> None:
+    def llamatelemetry_request_end(self, span: Span, result: InferenceResult | None) -> None:
         """Put the request's GPU figures on its span."""
         window = self._open.pop(id(span), None)
         if window is not None:

@@ -32,7 +32,7 @@ import contextvars
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -63,7 +63,6 @@ RequestSource = InferenceRequest | Callable[[], InferenceRequest | None] | None
 
 _METRIC_KEYS: Final = (gen_ai.GEN_AI_OPERATION_NAME, gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_REQUEST_MODEL,
                        gen_ai.SERVER_ADDRESS, gen_ai.SERVER_PORT)
-_REQUEST_HOOKS: Final = ("llamatelemetry_request_start", "llamatelemetry_request_end")
 
 _current: contextvars.ContextVar[Generation | None] = contextvars.ContextVar(
     "llamatelemetry_current_generation", default=None)
@@ -142,10 +141,12 @@ class Generation:
     __slots__ = (
         "_capture",
         "_ended",
+        "_hooks",
         "_input_messages",
         "_metric_attributes",
         "_request",
         "_tokens",
+        "_wants_result",
         "kind",
         "operation",
         "server_side",
@@ -157,7 +158,8 @@ class Generation:
 
     def __init__(self, span: Span, *, operation: str, kind: str, stream: bool, server_side: bool,
                  metric_attributes: dict[str, Any], capture: CaptureMode, request: InferenceRequest | None,
-                 input_messages: Sequence[Mapping[str, Any]] | None, started: float) -> None:
+                 input_messages: Sequence[Mapping[str, Any]] | None, started: float, hooks: bool = False,
+                 wants_result: bool = False) -> None:
         #: The generation's span (make child spans under it with ``use()``).
         self.span = span
         self.operation = operation
@@ -172,6 +174,9 @@ class Generation:
         self._metric_attributes = metric_attributes
         self._capture = capture
         self._request = request
+        #: Whether the request hooks run for this generation, and whether one reads the result.
+        self._hooks = hooks
+        self._wants_result = wants_result
         self._input_messages = input_messages
         self._ended = False
         self._tokens: list[contextvars.Token[Any]] = []
@@ -190,13 +195,13 @@ class Generation:
 
     @property
     def request(self) -> InferenceRequest | None:
-        """The request the request hooks see (``None`` when no hook is installed or none could be built)."""
+        """The request the request hooks see (``None`` when no hook takes one, or none could be built)."""
         return self._request
 
     @property
     def needs_text(self) -> bool:
         """Whether ``finish`` should get the generated text (content capture or a request hook wants it)."""
-        if self._request is not None:
+        if self._wants_result:
             return True
         capture = self._capture
         return (capture.on_span or capture.on_event) and self.operation != gen_ai.OPERATION_EMBEDDINGS
@@ -207,19 +212,9 @@ class Generation:
         """Mark a streamed chunk that carried output, now or at ``at`` (a ``time.perf_counter()`` value)."""
         self.stamps.append(time.perf_counter() if at is None else at)
 
-    @contextlib.contextmanager
-    def use(self) -> Iterator[Generation]:
+    def use(self) -> contextlib.AbstractContextManager[Generation]:
         """Make the span (and this generation) current for a block, without ending anything."""
-        from opentelemetry import context as context_api
-        from opentelemetry import trace
-
-        token = _current.set(self)
-        attached = context_api.attach(trace.set_span_in_context(self.span))
-        try:
-            yield self
-        finally:
-            context_api.detach(attached)
-            _current.reset(token)
+        return _Current(self)
 
     # ------------------------------------------------------------------ the end
 
@@ -256,7 +251,7 @@ class Generation:
                 # What streamed before the failure belongs to the failed generation's record too.
                 span.set_attributes(self._stream_attributes(closed_early=False))
             record_error(span, error)
-            if self._request is not None:
+            if self._hooks:
                 get_plugin_manager().request_end(span, self._request, None, error)
             span.end(end_time=end_time_ns)
             _runtime.genai_metrics().operation_duration.record(
@@ -285,7 +280,7 @@ class Generation:
             if result is not None and capture_content and capture is not CaptureMode.NO_CONTENT and self.needs_text:
                 record_content(span, capture, input_messages=self._input_messages, output_text=result.text,
                                finish_reason=result.finish_reason)
-        if self._request is not None:
+        if self._hooks:
             get_plugin_manager().request_end(span, self._request, result, None)
         span.end(end_time=end_time_ns)
 
@@ -366,6 +361,30 @@ class Generation:
         return f"<Generation {self.operation} kind={self.kind} stream={self.stream} {state}>"
 
 
+class _Current:
+    """``Generation.use()``: the span and the generation current for a block (a class: cheaper than a generator)."""
+
+    __slots__ = ("_attached", "_generation", "_token")
+
+    def __init__(self, generation: Generation) -> None:
+        self._generation = generation
+
+    def __enter__(self) -> Generation:
+        from opentelemetry import context as context_api
+        from opentelemetry import trace
+
+        generation = self._generation
+        self._token = _current.set(generation)
+        self._attached = context_api.attach(trace.set_span_in_context(generation.span))
+        return generation
+
+    def __exit__(self, *exc_info: object) -> None:
+        from opentelemetry import context as context_api
+
+        context_api.detach(self._attached)
+        _current.reset(self._token)
+
+
 class _InactiveGeneration(Generation):
     """The generation handed out while telemetry is off: every method returns at once."""
 
@@ -375,6 +394,8 @@ class _InactiveGeneration(Generation):
         self.stamps = []
         self._ended = True
         self._request = None
+        self._hooks = False
+        self._wants_result = False
         self._capture = CaptureMode.NO_CONTENT
         self.operation = gen_ai.OPERATION_CHAT
         self.kind = "internal"
@@ -400,9 +421,8 @@ class _InactiveGeneration(Generation):
     def chunk(self, at: float | None = None) -> None:
         return None
 
-    @contextlib.contextmanager
-    def use(self) -> Iterator[Generation]:
-        yield self
+    def use(self) -> contextlib.AbstractContextManager[Generation]:
+        return contextlib.nullcontext(self)
 
     def finish(self, result: InferenceResult | None = None, *, attributes: Mapping[str, Any] | None = None,
                closed_early: bool = False, end_time_ns: int | None = None, capture_content: bool = True) -> None:
@@ -480,11 +500,13 @@ def _start(source: RequestSource, provider: str, operation: str | None, model: s
     telemetry = _runtime.current()
     capture = telemetry.capture_content if telemetry is not None else CaptureMode.NO_CONTENT
     pm = get_plugin_manager()
-    request = known
-    if not (pm.has_impls(_REQUEST_HOOKS[0]) or pm.has_impls(_REQUEST_HOOKS[1])):
-        request = None
-    elif request is None and callable(source):
-        request = source()
+    needs = pm.request_hook_needs()
+    request: InferenceRequest | None = None
+    hooks = needs.any
+    if needs.request:
+        # Built only for hooks that declare ``request``; a call that cannot be one skips the hooks.
+        request = known if known is not None else (source() if callable(source) else None)
+        hooks = request is not None
     messages = input_messages
     if messages is None and capture is not CaptureMode.NO_CONTENT:
         resolved = request or known or (source() if callable(source) else None)
@@ -498,9 +520,9 @@ def _start(source: RequestSource, provider: str, operation: str | None, model: s
         span, operation=op, kind=kind, stream=streaming,
         server_side=server_side if server_side is not None else kind != "client",
         metric_attributes=metric_attributes, capture=capture, request=request,
-        input_messages=messages, started=time.perf_counter(),
+        input_messages=messages, started=time.perf_counter(), hooks=hooks, wants_result=hooks and needs.result,
     )
-    if request is not None:
+    if hooks:
         pm.request_start(span, request)
         generation.started = time.perf_counter()  # the hooks' own time is not the generation's
     return generation

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from llamatelemetry.inference.base import InferenceRequest, InferenceResult
     from llamatelemetry.otel.export import ExportSpan
 
-__all__ = ["PluginManager", "get_plugin_manager", "set_plugin_manager", "ENTRY_POINT_GROUP", "BUILTIN_PLUGINS"]
+__all__ = ["RequestHookNeeds", "PluginManager", "get_plugin_manager", "set_plugin_manager", "ENTRY_POINT_GROUP",
+           "BUILTIN_PLUGINS"]
 
 log = logging.getLogger("llamatelemetry.plugins")
 
@@ -400,6 +401,27 @@ class PluginManager:
         self.ensure_loaded()
         return bool(getattr(self._pm.hook, hook_name).get_hookimpls())
 
+    def request_hook_needs(self) -> RequestHookNeeds:
+        """What the request hooks' implementations take, so the recorder builds only what someone reads.
+
+        Hook implementations receive only the arguments they declare: a request is built for the
+        hooks only when one declares ``request``, and the generated text kept only when a
+        ``llamatelemetry_request_end`` declares ``result``. Cached until a plugin is (un)registered.
+        """
+        cached = self._registry_cache.get("request_hook_needs")
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        self.ensure_loaded()
+        starts = self._pm.hook.llamatelemetry_request_start.get_hookimpls()
+        ends = self._pm.hook.llamatelemetry_request_end.get_hookimpls()
+        needs = RequestHookNeeds(
+            any=bool(starts or ends),
+            request=any("request" in impl.argnames for impl in (*starts, *ends)),
+            result=any("result" in impl.argnames for impl in ends),
+        )
+        self._registry_cache["request_hook_needs"] = needs
+        return needs
+
     def register_commands(self, subparsers: argparse._SubParsersAction[Any]) -> None:
         """Call ``llamatelemetry_register_commands``."""
         self.ensure_loaded()
@@ -427,11 +449,11 @@ class PluginManager:
         """Call ``llamatelemetry_telemetry_shutdown``."""
         self._pm.hook.llamatelemetry_telemetry_shutdown(settings=settings)
 
-    def request_start(self, span: Span, request: InferenceRequest) -> None:
+    def request_start(self, span: Span, request: InferenceRequest | None) -> None:
         """Call ``llamatelemetry_request_start``."""
         self._pm.hook.llamatelemetry_request_start(span=span, request=request)
 
-    def request_end(self, span: Span, request: InferenceRequest, result: InferenceResult | None,
+    def request_end(self, span: Span, request: InferenceRequest | None, result: InferenceResult | None,
                     error: BaseException | None) -> None:
         """Call ``llamatelemetry_request_end``."""
         self._pm.hook.llamatelemetry_request_end(span=span, request=request, result=result, error=error)
@@ -460,6 +482,15 @@ def _unknown_hooks_message(name: str, distribution: str | None, version: str | N
     where = f"{distribution} {version or ''}".strip() if distribution else "registered in code"
     return (f"plugin {name!r} ({where}) implements {', '.join(hooks)}, which no llamatelemetry hookspec defines "
             "(misspelled? the hooks are listed in llamatelemetry.plugins.hookspecs)")
+
+
+@attrs.frozen
+class RequestHookNeeds:
+    """Whether request hooks are implemented at all, and whether any reads the request or the result."""
+
+    any: bool
+    request: bool
+    result: bool
 
 
 def _registry_key(name: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -30,7 +31,12 @@ def model_display_name(model: str | os.PathLike[str] | None) -> str | None:
     """A model name for telemetry: a GGUF or local file path becomes its file stem; hub ids stay."""
     if model is None:
         return None
-    text = os.fspath(model)
+    return _display_name(os.fspath(model))
+
+
+@functools.lru_cache(maxsize=256)
+def _display_name(text: str) -> str:
+    # Called several times per request with the same few names: the string work is done once per name.
     looks_like_path = (text.lower().endswith((".gguf", ".bin", ".safetensors"))
                        or text.startswith(("/", "./", "../", "~")) or "\\" in text)
     if looks_like_path:
