@@ -10,7 +10,7 @@ Three comparisons on the tiny generated model (and SmolLM2 for the server when i
 
 A second table gives the caller-side cost of telemetry per request in microseconds (budgets:
 <= 150 us non-streamed, <= 200 us streamed with 16 chunks): the same ``LlamaCppClient`` request
-with telemetry on (real SDK providers) minus telemetry off, median of alternating pairs.
+with telemetry on (real SDK providers) minus telemetry off, in alternating blocks of requests.
 
 Bare and instrumented runs alternate so drift on a busy machine hits both; each ratio is the
 median of per-pair ratios. Run with ``nox -s perf`` (after benchmarks/perf_core.py).
@@ -147,30 +147,37 @@ def server(model: Path, pairs: int, label: str) -> tuple[str, str]:
 COST_BUDGETS_US = {"non-streamed": 150.0, "streamed, 16 chunks": 200.0}
 
 
-def paired_cost(off: Callable[[], Any], on: Callable[[], Any], pairs: int, *, before_off: Callable[[], Any],
-                before_on: Callable[[], Any]) -> tuple[float, float]:
-    """Median of (on - off) over alternating pairs and the median off time, in seconds."""
-    for _ in range(3):
-        before_off()
-        off()
-        before_on()
-        on()
-    differences: list[float] = []
-    off_times: list[float] = []
-    for index in range(pairs):
-        runs = ((before_off, off), (before_on, on)) if index % 2 == 0 else ((before_on, on), (before_off, off))
-        measured: dict[bool, float] = {}
-        for before, fn in runs:
-            before()
+def block_cost(call: Callable[[], Any], rounds: int, block: int, *, switch_off: Callable[[], Any],
+               switch_on: Callable[[], Any]) -> tuple[float, float]:
+    """Median over rounds of (median time with telemetry on - median with it off), and the median off time.
+
+    Telemetry is switched per block, not per request: the first request after ``init()`` makes the
+    new providers' instruments, a one-off cost that is not the per-request cost. Each block's first
+    request is untimed for that reason, and blocks alternate so drift hits both sides.
+    """
+    def timed() -> list[float]:
+        call()
+        times = []
+        for _ in range(block):
             start = time.perf_counter()
-            fn()
-            measured[fn is on] = time.perf_counter() - start
-        differences.append(measured[True] - measured[False])
-        off_times.append(measured[False])
-    return statistics.median(differences), statistics.median(off_times)
+            call()
+            times.append(time.perf_counter() - start)
+        return times
+
+    differences: list[float] = []
+    off_medians: list[float] = []
+    for index in range(rounds):
+        medians: dict[bool, float] = {}
+        for on in ((False, True) if index % 2 == 0 else (True, False)):
+            (switch_on if on else switch_off)()
+            medians[on] = statistics.median(timed())
+        differences.append(medians[True] - medians[False])
+        off_medians.append(medians[False])
+    switch_off()
+    return statistics.median(differences), statistics.median(off_medians)
 
 
-def client_cost(model: Path, pairs: int) -> list[tuple[str, float, float]]:
+def client_cost(model: Path, rounds: int) -> list[tuple[str, float, float]]:
     """(row, caller-side cost in us, bare request in ms) for a LlamaCppClient request, non-streamed and streamed."""
     import llamatelemetry
     from llamatelemetry_llamacpp.client import LlamaCppClient
@@ -193,8 +200,8 @@ def client_cost(model: Path, pairs: int) -> list[tuple[str, float, float]]:
                 return chunks
 
             for label, call in (("non-streamed", whole), ("streamed, 16 chunks", streamed)):
-                cost, bare = paired_cost(call, lambda call=call: call(), pairs, before_off=llamatelemetry.shutdown,
-                                         before_on=lambda: llamatelemetry.current() or _telemetry(llamatelemetry))
+                cost, bare = block_cost(call, rounds, 25, switch_off=llamatelemetry.shutdown,
+                                        switch_on=lambda: llamatelemetry.current() or _telemetry(llamatelemetry))
                 rows.append((f"LlamaCppClient chat, {label} (tiny)", cost * 1e6, bare * 1e3))
         finally:
             llamatelemetry.shutdown()
@@ -229,7 +236,7 @@ def main() -> int:
         verdict = "n/a" if ratio is None else ("ok" if ratio <= BUDGET else "OVER")
         print(f"{name:<{width}}  {value:<44}  <= {BUDGET}  {verdict}")
     print()
-    costs = client_cost(tiny, pairs=200)
+    costs = client_cost(tiny, rounds=12)
     width = max(len(name) for name, _, _ in costs)
     header = f"{'caller-side cost per request':<{width}}  {'telemetry on - off':>18}  {'bare request':>12}"
     print(f"{header}  budget    verdict")
