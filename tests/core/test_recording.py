@@ -304,3 +304,45 @@ def test_a_hook_that_reads_the_result_makes_the_text_needed() -> None:
         result = _result()
         generation.finish(result)
     assert reader.result is result
+
+
+def test_a_call_that_is_no_request_still_runs_the_hooks_that_take_none(hooks: _Hooks) -> None:
+    spans: list[Any] = []
+
+    class SpanOnly:
+        @hookimpl
+        def llamatelemetry_request_start(self, span: Any) -> None:
+            spans.append(span)
+
+    register_plugin(SpanOnly())  # and the fixture's plugin, which declares ``request``
+    with InMemoryTelemetry():
+        start_generation(lambda: None, provider="p", operation="embeddings").finish()
+        start_generation(REQUEST, provider="p").finish(_result())
+    assert len(spans) == 2  # both calls reached the span-only hook
+    assert [call[0] for call in hooks.calls] == ["start", "end"]  # the request-taking one saw only the request
+
+
+def test_what_the_result_reports_wins_over_the_chunk_marks_and_no_marks_make_no_stream_figures() -> None:
+    with InMemoryTelemetry() as telemetry:
+        start_generation(REQUEST, provider="p", stream=False).finish(
+            _result(attributes={"llamatelemetry.stream.chunks": 5}))
+        marked = start_generation(REQUEST, provider="p")
+        marked.chunk()
+        marked.finish(_result())
+        reported, counted = telemetry.spans()
+    assert reported.attributes["llamatelemetry.stream.chunks"] == 5
+    assert counted.attributes["llamatelemetry.stream.chunks"] == 1  # marked chunks give the figures, stream or not
+
+
+def test_embeddings_never_get_content_even_when_a_hook_reads_the_result() -> None:
+    class ResultReader:
+        @hookimpl
+        def llamatelemetry_request_end(self, span: Any, result: Any) -> None:
+            pass
+
+    register_plugin(ResultReader())
+    with InMemoryTelemetry(capture_content="SPAN_ONLY") as telemetry:
+        start_generation(None, provider="p", operation="embeddings",
+                         input_messages=[{"role": "user", "content": "embed me"}]).finish(_result(text=""))
+        span = telemetry.spans()[0]
+    assert "gen_ai.output.messages" not in span.attributes and "gen_ai.input.messages" not in span.attributes

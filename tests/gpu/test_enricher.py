@@ -170,8 +170,8 @@ def test_spans_that_never_end_are_forgotten_past_a_bound(fake_t4: FakeNVML) -> N
         for span in spans:  # a client that starts requests and never ends them
             enricher.llamatelemetry_request_start(span)
         assert len(enricher._open) == 3 and len(sampler._observers) == 3
-        enricher.llamatelemetry_request_end(spans[0], None)  # forgotten: nothing to add
-        enricher.llamatelemetry_request_end(spans[4], None)
+        enricher.llamatelemetry_request_end(spans[0])  # forgotten: nothing to add
+        enricher.llamatelemetry_request_end(spans[4])
         assert len(enricher._open) == 2 and len(sampler._observers) == 2
         for span in spans:
             span.end()

@@ -28,7 +28,6 @@ import attrs
 
 from llamatelemetry.inference.recording import telemetry_active
 from llamatelemetry.semconv import gen_ai
-from llamatelemetry.semconv import llamatelemetry as core_names
 from llamatelemetry_llamacpp.semconv import semconv_finish_reason
 
 if TYPE_CHECKING:
@@ -47,8 +46,6 @@ __all__ = [
 log = logging.getLogger("llamatelemetry.llamacpp")
 
 T = TypeVar("T")
-
-#: llama-cpp-python's finish reasons -> the GenAI semantic-convention values.
 
 
 @attrs.frozen
@@ -142,33 +139,6 @@ def _wrap_llama_method(ref: weakref.ref[Any], target: Callable[..., Any], *, bou
     return wrapper
 
 
-def _request_attributes(arguments: Mapping[str, Any]) -> dict[str, Any]:
-    """Sampling and limit attributes from a llama-cpp-python call's arguments (defaults included)."""
-    attributes: dict[str, Any] = {}
-    max_tokens = arguments.get("max_tokens")
-    if isinstance(max_tokens, int) and max_tokens > 0:  # None or <= 0 means "until the context is full"
-        attributes[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
-    for key, attribute in (("temperature", gen_ai.GEN_AI_REQUEST_TEMPERATURE), ("top_p", gen_ai.GEN_AI_REQUEST_TOP_P),
-                           ("top_k", gen_ai.GEN_AI_REQUEST_TOP_K)):
-        value = arguments.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            attributes[attribute] = float(value)
-    for key, attribute in (("frequency_penalty", gen_ai.GEN_AI_REQUEST_FREQUENCY_PENALTY),
-                           ("presence_penalty", gen_ai.GEN_AI_REQUEST_PRESENCE_PENALTY),
-                           ("repeat_penalty", core_names.REQUEST_REPEAT_PENALTY)):
-        value = arguments.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and (value or key == "repeat_penalty"):
-            attributes[attribute] = float(value)
-    seed = arguments.get("seed")
-    if isinstance(seed, int) and not isinstance(seed, bool):
-        attributes[gen_ai.GEN_AI_REQUEST_SEED] = seed
-    stop = arguments.get("stop")
-    stops = [stop] if isinstance(stop, str) else [s for s in (stop or ()) if isinstance(s, str)]
-    if stops:
-        attributes[gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES] = stops
-    return attributes
-
-
 def _choices(response: Any) -> list[Mapping[str, Any]]:
     choices = response.get("choices") if isinstance(response, Mapping) else None
     return [c for c in choices if isinstance(c, Mapping)] if isinstance(choices, list) else []
@@ -210,7 +180,7 @@ class _CallShape:
 def _traced_call(llm: Any, call: Callable[..., Any], shape: _CallShape, operation: str,
                  args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     from llamatelemetry.inference.recording import request_from_payload, start_generation
-    from llamatelemetry.semconv.mapping import model_display_name
+    from llamatelemetry.semconv.mapping import SAMPLING_KEYS, model_display_name
 
     arguments = shape.arguments(args, kwargs)
     model = model_display_name(arguments.get("model") or getattr(llm, "model_path", None))
@@ -218,7 +188,7 @@ def _traced_call(llm: Any, call: Callable[..., Any], shape: _CallShape, operatio
     generation = start_generation(
         functools.partial(request_from_payload, operation, arguments, model),
         provider=gen_ai.PROVIDER_LLAMA_CPP, operation=operation, model=model, kind="internal", stream=stream,
-        attributes=_request_attributes(arguments),
+        sampling={key: arguments.get(key) for key in SAMPLING_KEYS},
     )
     inside = _inside_call.set(True)
     try:
@@ -273,6 +243,7 @@ class _TracedStream(Iterator[Any]):
     def __init__(self, inner: Any, generation: Generation) -> None:
         self._inner = iter(inner)
         self._generation = generation
+        self._closed = False
         self._first: Mapping[str, Any] | None = None
         self._finish: list[str] = []
         self._text: list[str] | None = [] if generation.needs_text else None
@@ -290,16 +261,16 @@ class _TracedStream(Iterator[Any]):
         except BaseException as exc:
             generation.fail(exc)
             raise
-        generation.chunk()
         choices = chunk.get("choices") if isinstance(chunk, Mapping) else None
         if choices:
             choice = choices[0]
             reason = choice.get("finish_reason")
             if reason:
                 self._finish.append(semconv_finish_reason(reason) or reason)
-            if self._text is not None:
-                text = _choice_text(choice)
-                if text:
+            text = _choice_text(choice)
+            if text:  # a chunk that carried output (not chat's role-only first one)
+                generation.chunk()
+                if self._text is not None:
                     self._text.append(text)
         if self._first is None and isinstance(chunk, Mapping):
             self._first = chunk
@@ -307,8 +278,9 @@ class _TracedStream(Iterator[Any]):
 
     def close(self) -> None:
         """Stop the stream early (the generation stops too) and end its span."""
-        if self._generation.ended:
+        if self._closed:
             return
+        self._closed = True
         close = getattr(self._inner, "close", None)
         try:
             if close is not None:
@@ -349,8 +321,6 @@ class _TracedStream(Iterator[Any]):
 
 # ------------------------------------------------------------------ the extension point
 
-#: Supported kinds of object, by the name the TypeError shows; the first whose ``check`` accepts wins.
-#: ``LlamaCppClient`` (the llama.cpp server client) registers itself here with ``register_instrumenter``.
 def _is_client(obj: object) -> bool:
     # The client module imports httpx: only a loaded module can have made a client.
     module = sys.modules.get("llamatelemetry_llamacpp.client")
@@ -366,6 +336,8 @@ def _client_as_is(client: Any, **options: Any) -> Any:
     return client
 
 
+#: Supported kinds of object, by the name the TypeError shows; the first whose ``check`` accepts wins.
+#: More are added with ``register_instrumenter``.
 INSTRUMENTERS: dict[str, Instrumenter] = {
     "llama_cpp.Llama": Instrumenter(check=_is_llama, instrument=_instrument_llama,
                                     uninstrument=_uninstrument_llama, is_instrumented=_llama_is_instrumented),

@@ -19,8 +19,7 @@ import attrs
 
 from llamatelemetry.inference.base import InferenceRequest
 from llamatelemetry.semconv import gen_ai
-from llamatelemetry.semconv import llamatelemetry as core_names
-from llamatelemetry_llamacpp.records import as_float, as_int
+from llamatelemetry.semconv.mapping import SAMPLING_KEYS
 
 __all__ = ["ApiCall", "chat_call", "completion_call", "embeddings_call", "CHAT_PATH", "COMPLETION_PATH",
            "EMBEDDINGS_PATH"]
@@ -28,14 +27,6 @@ __all__ = ["ApiCall", "chat_call", "completion_call", "embeddings_call", "CHAT_P
 CHAT_PATH: Final = "/v1/chat/completions"
 COMPLETION_PATH: Final = "/completion"
 EMBEDDINGS_PATH: Final = "/v1/embeddings"
-
-_SAMPLING_ATTRIBUTES: Final = (
-    ("temperature", gen_ai.GEN_AI_REQUEST_TEMPERATURE), ("top_p", gen_ai.GEN_AI_REQUEST_TOP_P),
-    ("top_k", gen_ai.GEN_AI_REQUEST_TOP_K), ("frequency_penalty", gen_ai.GEN_AI_REQUEST_FREQUENCY_PENALTY),
-    ("presence_penalty", gen_ai.GEN_AI_REQUEST_PRESENCE_PENALTY),
-    ("repeat_penalty", core_names.REQUEST_REPEAT_PENALTY),
-)
-
 
 @attrs.frozen
 class ApiCall:
@@ -57,26 +48,13 @@ class ApiCall:
         model = self.payload.get("model")
         return model if isinstance(model, str) and model else None
 
-    def request_attributes(self) -> dict[str, Any]:
-        """The ``gen_ai.request.*`` attributes the payload sets (limits, sampling, seed, stop strings)."""
+    def sampling(self) -> dict[str, Any]:
+        """The payload's limit and sampling settings, by the names the core's recorder maps to attributes."""
         payload = self.payload
-        attributes: dict[str, Any] = {}
-        max_tokens = as_int(payload.get("max_tokens", payload.get("n_predict")))
-        if max_tokens is not None and max_tokens >= 0:
-            attributes[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
-        for key, attribute in _SAMPLING_ATTRIBUTES:
-            value = as_float(payload.get(key))
-            if value is not None:
-                attributes[attribute] = value
-        seed = as_int(payload.get("seed"))
-        if seed is not None:
-            attributes[gen_ai.GEN_AI_REQUEST_SEED] = seed
-        stop = payload.get("stop")
-        if isinstance(stop, str):
-            attributes[gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES] = [stop]
-        elif isinstance(stop, (list, tuple)) and stop and all(isinstance(s, str) for s in stop):
-            attributes[gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES] = list(stop)
-        return attributes
+        settings = {key: payload.get(key) for key in SAMPLING_KEYS}
+        if settings["max_tokens"] is None:
+            settings["max_tokens"] = payload.get("n_predict")  # /completion's name for it
+        return settings
 
     def input_messages(self) -> Sequence[Mapping[str, Any]] | None:
         """The prompt as chat messages, for content capture (``None`` for embeddings and token-id prompts)."""

@@ -117,10 +117,9 @@ class LlamaCppServerBackend:
                              max_tokens=request.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
                              top_k=sampling.top_k, stop=stop, seed=sampling.seed, stream=True,
                              cache_prompt=self.cache_prompt, extra=extra)
+        # This backend always streams: its chunks, marked on the engine's generation, give the span its
+        # stream figures whatever request.stream says.
         generation = current_generation()
-        if generation.active:
-            # This backend always streams, whatever request.stream says: the engine's span says so.
-            generation.stream = True
         stream = client._open_stream(call, within=generation)
         parts: list[str] = []
         with stream:

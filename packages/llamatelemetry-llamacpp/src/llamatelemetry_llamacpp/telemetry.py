@@ -14,6 +14,7 @@ it to the engine.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from llamatelemetry.inference.base import InferenceResult
 
 __all__ = ["CallRecording", "PROVIDER"]
+
+log = logging.getLogger("llamatelemetry.llama_cpp")
 
 #: ``gen_ai.provider.name`` of the client's spans.
 PROVIDER: Final = gen_ai.PROVIDER_LLAMA_CPP
@@ -51,7 +54,7 @@ class CallRecording:
         generation = start_generation(
             lambda: call.inference_request(model), provider=PROVIDER, operation=call.operation, model=model,
             server_address=endpoint.address, server_port=endpoint.port, kind="client", stream=call.stream,
-            attributes=call.request_attributes(), input_messages=call.input_messages(),
+            sampling=call.sampling(), input_messages=call.input_messages(),
         )
         return cls(generation, owned=True)
 
@@ -84,7 +87,12 @@ class CallRecording:
         if error is not None:
             generation.fail(error)
             return
-        generation.finish(self._result(outcome, ended_at), closed_early=closed_early)
+        try:
+            result = self._result(outcome, ended_at)
+        except Exception:  # telemetry never reaches the caller: the generation ends without the figures
+            log.warning("reading a llama.cpp response's figures for telemetry failed", exc_info=True)
+            result = None
+        generation.finish(result, closed_early=closed_early)
 
     def _result(self, outcome: Outcome | None, ended_at: float | None) -> InferenceResult | None:
         if outcome is None:

@@ -345,44 +345,38 @@ def _call_facts(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], st
     )
 
 
-def _request_attributes(facts: _Call, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def _sampling(facts: _Call, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The call's limit and sampling settings as generate resolves them, by the names the core's recorder maps."""
     config = kwargs.get("generation_config")
     default = getattr(facts.model, "generation_config", None)
-    attributes: dict[str, Any] = {}
-    if facts.max_new is not None:
-        attributes[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] = facts.max_new
+    settings: dict[str, Any] = {"max_tokens": facts.max_new}
     if _setting("do_sample", kwargs, config, default):
-        for key, attribute in (("temperature", gen_ai.GEN_AI_REQUEST_TEMPERATURE),
-                               ("top_p", gen_ai.GEN_AI_REQUEST_TOP_P), ("top_k", gen_ai.GEN_AI_REQUEST_TOP_K)):
-            value = _setting(key, kwargs, config, default)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                attributes[attribute] = float(value)
+        for key in ("temperature", "top_p", "top_k"):
+            settings[key] = _setting(key, kwargs, config, default)
     else:
-        attributes[gen_ai.GEN_AI_REQUEST_TEMPERATURE] = 0.0  # greedy, as the GenAI conventions express it
+        settings["temperature"] = 0.0  # greedy, as the GenAI conventions express it
     penalty = _setting("repetition_penalty", kwargs, config, default)
-    if isinstance(penalty, (int, float)) and not isinstance(penalty, bool) and penalty != 1.0:
-        attributes[core_names.REQUEST_REPEAT_PENALTY] = float(penalty)
-    stops = _setting("stop_strings", kwargs, config, default)
-    stops = [stops] if isinstance(stops, str) else [s for s in (stops or ()) if isinstance(s, str)]
-    if stops:
-        attributes[gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES] = stops
-    if facts.task:
-        attributes[names.PIPELINE_TASK] = facts.task
-    return attributes
+    if penalty != 1.0:  # 1.0 is "no penalty"
+        settings["repeat_penalty"] = penalty
+    settings["stop"] = _setting("stop_strings", kwargs, config, default)
+    return settings
 
 
 def _hook_request(facts: _Call, args: tuple[Any, ...], kwargs: Mapping[str, Any],
-                  attributes: Mapping[str, Any]) -> Any:
+                  settings: Mapping[str, Any]) -> Any:
     """The call as an ``InferenceRequest`` for the request hooks, or ``None`` if it cannot be one."""
     from llamatelemetry.errors import ValidationError
     from llamatelemetry.inference.base import InferenceRequest
     from llamatelemetry.inference.types import SamplingParams
+    from llamatelemetry.semconv.mapping import sampling_attributes
 
     messages = facts.messages
     if messages is None:
         texts = _prompt_texts(facts, args, kwargs)
         content: Any = texts[0] if len(texts) == 1 else [{"type": "text", "text": t} for t in texts] or None
         messages = [{"role": "user", "content": content}]
+    # What the span says, as SamplingParams takes it (settings generate left unset keep its defaults).
+    attributes = sampling_attributes(settings)
     sampling: dict[str, Any] = {"temperature": attributes.get(gen_ai.GEN_AI_REQUEST_TEMPERATURE, 0.0)}
     if gen_ai.GEN_AI_REQUEST_TOP_P in attributes:
         sampling["top_p"] = attributes[gen_ai.GEN_AI_REQUEST_TOP_P]
@@ -415,11 +409,12 @@ def _prompt_texts(facts: _Call, args: tuple[Any, ...], kwargs: Mapping[str, Any]
 def _run_traced(facts: _Call, call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     from llamatelemetry.inference.recording import start_generation
 
-    attributes = _request_attributes(facts, kwargs)
+    settings = _sampling(facts, kwargs)
     generation = start_generation(
-        functools.partial(_hook_request, facts, args, kwargs, attributes),
+        functools.partial(_hook_request, facts, args, kwargs, settings),
         provider=gen_ai.PROVIDER_TRANSFORMERS, operation=facts.operation, model=facts.model_name, kind="internal",
-        stream=facts.user_streamer is not None, attributes=attributes, start_time_ns=facts.started_ns,
+        stream=facts.user_streamer is not None, sampling=settings,
+        attributes={names.PIPELINE_TASK: facts.task} if facts.task else None, start_time_ns=facts.started_ns,
         input_messages=facts.messages,
     )
     if not generation.active:
@@ -447,10 +442,14 @@ def _fail(facts: _Call, generation: Generation, exc: BaseException) -> None:
 
     from llamatelemetry.otel import get_tracer
 
-    if facts.clock is not None:
-        record_phases(get_tracer(), facts.clock, sum(facts.prompt_tokens),
-                      parent=trace.set_span_in_context(generation.span), error=exc)
-    generation.fail(exc)
+    try:
+        if facts.clock is not None:
+            record_phases(get_tracer(), facts.clock, sum(facts.prompt_tokens),
+                          parent=trace.set_span_in_context(generation.span), error=exc)
+    except Exception:  # the caller gets the model's own error, never a telemetry one
+        log.warning("recording the phases of a failed transformers generate call failed", exc_info=True)
+    finally:
+        generation.fail(exc)
 
 
 def _succeed(facts: _Call, generation: Generation, output: Any) -> None:

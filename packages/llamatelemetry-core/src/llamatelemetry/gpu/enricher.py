@@ -19,7 +19,6 @@ from llamatelemetry.semconv import gpu as names
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from llamatelemetry.inference.base import InferenceResult
 
 __all__ = ["GPUSpanEnricher"]
 
@@ -300,11 +299,11 @@ class GPUSpanEnricher:
         open_windows[id(span)] = window
 
     @hookimpl
-    def llamatelemetry_request_end(self, span: Span, result: InferenceResult | None) -> None:
-        """Put the request's GPU figures on its span."""
+    def llamatelemetry_request_end(self, span: Span) -> None:
+        """Put the request's GPU figures on its span (J/token from the span's own output token count)."""
         window = self._open.pop(id(span), None)
         if window is not None:
-            self.finish(span, window, result.output_tokens if result is not None else None)
+            self.finish(span, window, _output_tokens(span))
 
     def __repr__(self) -> str:
         return f"<GPUSpanEnricher devices={list(self.device_ids)}>"

@@ -15,7 +15,7 @@ from llamatelemetry.errors import BackendNotStartedError, BackendStartError, Val
 from llamatelemetry.inference.base import InferenceRequest, InferenceResult, LLMBackend
 from llamatelemetry.inference.recording import start_generation, telemetry_active
 
-__all__ = ["InferenceEngine", "telemetry_active"]
+__all__ = ["InferenceEngine"]
 
 log = logging.getLogger("llamatelemetry.inference")
 
@@ -93,6 +93,9 @@ class InferenceEngine:
             server_address=getattr(backend, "server_address", None),
             server_port=getattr(backend, "server_port", None),
             kind="client" if self.span_kind == "client" else "internal",
+            # The backend marks streamed chunks, if it streams, on current_generation(): the recorder
+            # then adds the stream's figures; a request that asks to stream keeps gen_ai.request.stream.
+            stream=False,
         )
         with generation:
             result = backend.generate(request)

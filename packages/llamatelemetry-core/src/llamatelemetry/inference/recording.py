@@ -47,6 +47,7 @@ from llamatelemetry.semconv.mapping import (
     model_display_name,
     request_attributes,
     response_attributes,
+    sampling_attributes,
     span_name,
     with_compat,
 )
@@ -247,7 +248,7 @@ class Generation:
         try:
             span = self.span
             self._record_chunks(self._metric_attributes)
-            if self.stream and span.is_recording():
+            if (self.stream or self.stamps) and span.is_recording():
                 # What streamed before the failure belongs to the failed generation's record too.
                 span.set_attributes(self._stream_attributes(closed_early=False))
             record_error(span, error)
@@ -269,15 +270,17 @@ class Generation:
         if response_model:
             metric_attributes = {**metric_attributes, gen_ai.GEN_AI_RESPONSE_MODEL: response_model}
         if span.is_recording():
-            attributes = response_attributes(result) if result is not None else {}
-            if self.stream:
-                attributes.update(self._stream_attributes(closed_early))
+            # The chunk marks' figures first: what the backend reported in its result wins.
+            attributes = self._stream_attributes(closed_early) if self.stream or self.stamps or closed_early else {}
+            if result is not None:
+                attributes.update(response_attributes(result))
             if extra:
                 attributes.update(extra)
             if attributes:
                 span.set_attributes(with_compat(attributes))
             capture = self._capture
-            if result is not None and capture_content and capture is not CaptureMode.NO_CONTENT and self.needs_text:
+            if (result is not None and capture_content and capture is not CaptureMode.NO_CONTENT
+                    and self.operation != gen_ai.OPERATION_EMBEDDINGS):
                 record_content(span, capture, input_messages=self._input_messages, output_text=result.text,
                                finish_reason=result.finish_reason)
         if self._hooks:
@@ -454,6 +457,7 @@ def start_generation(
     server_port: int | None = None,
     kind: Literal["client", "internal"] = "internal",
     stream: bool | None = None,
+    sampling: Mapping[str, Any] | None = None,
     attributes: Mapping[str, Any] | None = None,
     input_messages: Sequence[Mapping[str, Any]] | None = None,
     server_side: bool | None = None,
@@ -465,8 +469,10 @@ def start_generation(
     only when a request hook is installed (return ``None`` when the call cannot be one: the hooks
     are then skipped). ``operation``, ``model`` and ``stream`` default to the request's.
     ``provider`` is ``gen_ai.provider.name``; ``kind`` is ``"client"`` for a call over the network
-    to a server, else ``"internal"``; ``attributes`` are extra request attributes (sampling
-    settings read from a raw payload, for instance). ``input_messages`` are the prompt messages
+    to a server, else ``"internal"``. ``sampling`` gives the call's sampling settings by the names
+    in ``llamatelemetry.semconv.mapping.SAMPLING_KEYS`` (``max_tokens``, ``temperature``, ``stop``,
+    ...) when there is no ``InferenceRequest``: the recorder maps them to ``gen_ai.request.*``.
+    ``attributes`` are extra request attributes of the integration's own. ``input_messages`` are the prompt messages
     for content capture when there is no ``InferenceRequest``. ``server_side`` (default: in-process,
     ``kind == "internal"``) also records the ``gen_ai.server.*`` metrics. The span is not made
     current: use the generation as a context manager, or ``use()``, for that.
@@ -475,7 +481,7 @@ def start_generation(
         return _NOOP
     try:
         return _start(request, provider, operation, model, server_address, server_port, kind, stream,
-                      attributes, input_messages, server_side, start_time_ns)
+                      sampling, attributes, input_messages, server_side, start_time_ns)
     except Exception:
         _telemetry_failed("starting a generation")
         return _NOOP
@@ -483,7 +489,8 @@ def start_generation(
 
 def _start(source: RequestSource, provider: str, operation: str | None, model: str | None,
            server_address: str | None, server_port: int | None, kind: str, stream: bool | None,
-           extra: Mapping[str, Any] | None, input_messages: Sequence[Mapping[str, Any]] | None,
+           sampling: Mapping[str, Any] | None, extra: Mapping[str, Any] | None,
+           input_messages: Sequence[Mapping[str, Any]] | None,
            server_side: bool | None, start_time_ns: int | None) -> Generation:
     from opentelemetry.trace import SpanKind
 
@@ -491,6 +498,8 @@ def _start(source: RequestSource, provider: str, operation: str | None, model: s
     op = operation or (known.operation if known is not None else gen_ai.OPERATION_CHAT)
     start_attributes = request_attributes(known, operation=op, provider=provider, model=model,
                                           server_address=server_address, server_port=server_port)
+    if sampling:
+        start_attributes.update(sampling_attributes(sampling))
     if extra:
         start_attributes.update(extra)
     streaming = stream if stream is not None else (known.stream if known is not None else False)
@@ -502,14 +511,16 @@ def _start(source: RequestSource, provider: str, operation: str | None, model: s
     pm = get_plugin_manager()
     needs = pm.request_hook_needs()
     request: InferenceRequest | None = None
-    hooks = needs.any
     if needs.request:
-        # Built only for hooks that declare ``request``; a call that cannot be one skips the hooks.
+        # Built only for hooks that declare ``request``. A call that cannot be one runs only the hooks that
+        # take no request.
         request = known if known is not None else (source() if callable(source) else None)
-        hooks = request is not None
+    hooks = needs.any
     messages = input_messages
     if messages is None and capture is not CaptureMode.NO_CONTENT:
-        resolved = request or known or (source() if callable(source) else None)
+        resolved = request or known
+        if resolved is None and callable(source) and not needs.request:  # not already asked above
+            resolved = source()
         messages = resolved.messages if resolved is not None else None
     span = _runtime.get_tracer().start_span(
         span_name(op, start_attributes.get(gen_ai.GEN_AI_REQUEST_MODEL)),

@@ -95,6 +95,8 @@ class PluginManager:
         self._conflicts: list[str] = []
         self._failed_calls: set[tuple[str, str]] = set()
         self._builtins_registered = False
+        #: The arguments of the last ``llamatelemetry_telemetry_start`` call, while telemetry runs.
+        self._started_with: dict[str, Any] | None = None
         self._tracing = os.environ.get(ENV_TRACE, "").strip().lower() in _TRUE
         if self._tracing:
             self._pm.trace.root.setwriter(sys.stderr.write)
@@ -266,14 +268,9 @@ class PluginManager:
 
     def _replay_telemetry_start(self, plugin: object) -> None:
         """Give a plugin registered after ``init()`` the ``llamatelemetry_telemetry_start`` call it missed."""
-        # Imported here: the runtime imports this module, and the manager must stay a leaf at import time.
-        from llamatelemetry._runtime import current
-
-        telemetry = current()
-        if telemetry is None or telemetry.is_shut_down:
+        arguments = self._started_with
+        if arguments is None:
             return
-        arguments = {"settings": telemetry.settings, "tracer_provider": telemetry.tracer_provider,
-                     "meter_provider": telemetry.meter_provider}
         for impl in self._pm.hook.llamatelemetry_telemetry_start.get_hookimpls():
             if impl.plugin is plugin:
                 self._trace(f"replaying llamatelemetry_telemetry_start for {impl.plugin_name!r}")
@@ -441,22 +438,39 @@ class PluginManager:
                         meter_provider: MeterProvider) -> None:
         """Call ``llamatelemetry_telemetry_start``."""
         self.ensure_loaded()
+        # Kept for plugins registered later (they get the call at registration), until shutdown.
+        self._started_with = {"settings": settings, "tracer_provider": tracer_provider,
+                              "meter_provider": meter_provider}
         self._pm.hook.llamatelemetry_telemetry_start(
             settings=settings, tracer_provider=tracer_provider, meter_provider=meter_provider
         )
 
     def telemetry_shutdown(self, settings: TelemetrySettings) -> None:
         """Call ``llamatelemetry_telemetry_shutdown``."""
+        self._started_with = None
         self._pm.hook.llamatelemetry_telemetry_shutdown(settings=settings)
 
+    def _request_caller(self, hook_name: str, with_request: bool) -> Any:
+        # Without a request, only the implementations that do not declare ``request`` run.
+        key = f"{hook_name}:{with_request}"
+        caller = self._registry_cache.get(key)
+        if caller is None:
+            caller = getattr(self._pm.hook, hook_name)
+            takers = [impl.plugin for impl in caller.get_hookimpls() if "request" in impl.argnames]
+            if takers and not with_request:
+                caller = self._pm.subset_hook_caller(hook_name, takers)
+            self._registry_cache[key] = caller
+        return caller
+
     def request_start(self, span: Span, request: InferenceRequest | None) -> None:
-        """Call ``llamatelemetry_request_start``."""
-        self._pm.hook.llamatelemetry_request_start(span=span, request=request)
+        """Call ``llamatelemetry_request_start`` (without a request: the implementations that take none)."""
+        self._request_caller("llamatelemetry_request_start", request is not None)(span=span, request=request)
 
     def request_end(self, span: Span, request: InferenceRequest | None, result: InferenceResult | None,
                     error: BaseException | None) -> None:
-        """Call ``llamatelemetry_request_end``."""
-        self._pm.hook.llamatelemetry_request_end(span=span, request=request, result=result, error=error)
+        """Call ``llamatelemetry_request_end`` (without a request: the implementations that take none)."""
+        self._request_caller("llamatelemetry_request_end", request is not None)(
+            span=span, request=request, result=result, error=error)
 
     def redact_messages(self, messages: list[dict[str, Any]], kind: str) -> bool:
         """Call ``llamatelemetry_redact_messages``; False (content must be dropped) if one raised."""

@@ -222,10 +222,15 @@ def llamatelemetry_telemetry_start(
 def llamatelemetry_request_start(span: Span, request: InferenceRequest) -> None:
     """A generation request's span has started: enrich it.
 
-    Called for every request made through an engine (``create_engine``) or an instrumented
-    client or model, on the caller's thread, before the backend runs. This is the hot path:
-    do no I/O, take no locks that inference holds, and check ``span.is_recording()`` before
-    computing anything costly. Called only when telemetry is enabled.
+    Called for every generation the request recorder records (through an engine, an
+    instrumented client or model, or ``llamatelemetry.inference.recording`` directly), on the
+    caller's thread, before the backend runs. This is the hot path: do no I/O, take no locks
+    that inference holds, and check ``span.is_recording()`` before computing anything costly.
+    Called only when telemetry is enabled.
+
+    Declare only the arguments you read: the recorder builds the ``InferenceRequest`` only when
+    an implementation declares ``request``. A call that cannot be expressed as one (an
+    embeddings call, a prompt of token ids) runs only the implementations that do not declare it.
 
     Example (add a tenant attribute)::
 
@@ -245,8 +250,12 @@ def llamatelemetry_request_end(
     """A generation request finished (``result`` set) or failed (``error`` set); its span is still open.
 
     Called on the caller's thread, right after the backend returns or raises and before the
-    span ends. Same rules as ``llamatelemetry_request_start``: no I/O, read cached values (the
-    GPU enricher reads its sampler's last reading; it never calls NVML here).
+    span ends (the span already carries the response attributes, usage included). Same rules as
+    ``llamatelemetry_request_start``: no I/O, read cached values (the GPU enricher reads its
+    sampler's last reading; it never calls NVML here), and declare only what you read: the
+    generated text is kept for ``result.text`` only when an implementation declares ``result``.
+    Both ``result`` and ``error`` are ``None`` when a generation ended without a result (an
+    integration's block left without reporting one).
 
     Example (a business metric)::
 

@@ -20,6 +20,8 @@ __all__ = [
     "set_gen_ai_attrs",
     "set_response_attrs",
     "request_attributes",
+    "sampling_attributes",
+    "SAMPLING_KEYS",
     "response_attributes",
     "model_display_name",
     "span_name",
@@ -74,6 +76,53 @@ def with_compat(attributes: dict[str, Any], compat: frozenset[str] | None = None
     return attributes
 
 
+#: The sampling settings ``sampling_attributes`` knows, by the names OpenAI-style APIs and llama.cpp use.
+SAMPLING_KEYS: tuple[str, ...] = ("max_tokens", "temperature", "top_p", "top_k", "frequency_penalty",
+                                  "presence_penalty", "repeat_penalty", "seed", "stop")
+_FLOAT_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("temperature", gen_ai.GEN_AI_REQUEST_TEMPERATURE), ("top_p", gen_ai.GEN_AI_REQUEST_TOP_P),
+    ("top_k", gen_ai.GEN_AI_REQUEST_TOP_K), ("repeat_penalty", names.REQUEST_REPEAT_PENALTY),
+)
+# A penalty of 0 is "off": recorded only when it does something.
+_PENALTIES: tuple[tuple[str, str], ...] = (
+    ("frequency_penalty", gen_ai.GEN_AI_REQUEST_FREQUENCY_PENALTY),
+    ("presence_penalty", gen_ai.GEN_AI_REQUEST_PRESENCE_PENALTY),
+)
+
+
+def _real(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def sampling_attributes(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``gen_ai.request.*`` attributes from sampling settings named as in ``SAMPLING_KEYS`` (others ignored).
+
+    The one mapping every integration uses: values of the wrong type, ``max_tokens`` below 1 (llama.cpp's
+    "until the context is full") and penalties of 0 are left out; ``stop`` may be a string or a list.
+    """
+    attributes: dict[str, Any] = {}
+    max_tokens = settings.get("max_tokens")
+    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 1:
+        attributes[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
+    for key, attribute in _FLOAT_SETTINGS:
+        value = _real(settings.get(key))
+        if value is not None:
+            attributes[attribute] = value
+    for key, attribute in _PENALTIES:
+        value = _real(settings.get(key))
+        if value:
+            attributes[attribute] = value
+    seed = settings.get("seed")
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        attributes[gen_ai.GEN_AI_REQUEST_SEED] = seed
+    stop = settings.get("stop")
+    stops = [stop] if isinstance(stop, str) else [s for s in stop if isinstance(s, str)] if isinstance(
+        stop, (list, tuple)) else []
+    if stops:
+        attributes[gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES] = stops
+    return attributes
+
+
 def request_attributes(
     request: InferenceRequest | None,
     *,
@@ -97,19 +146,12 @@ def request_attributes(
         attributes[gen_ai.SERVER_PORT] = int(server_port)
     if request is not None:
         sampling = request.sampling
-        attributes[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] = request.max_tokens
-        attributes[gen_ai.GEN_AI_REQUEST_TEMPERATURE] = float(sampling.temperature)
-        attributes[gen_ai.GEN_AI_REQUEST_TOP_P] = float(sampling.top_p)
-        attributes[gen_ai.GEN_AI_REQUEST_TOP_K] = float(sampling.top_k)
-        if sampling.frequency_penalty:
-            attributes[gen_ai.GEN_AI_REQUEST_FREQUENCY_PENALTY] = float(sampling.frequency_penalty)
-        if sampling.presence_penalty:
-            attributes[gen_ai.GEN_AI_REQUEST_PRESENCE_PENALTY] = float(sampling.presence_penalty)
-        attributes[names.REQUEST_REPEAT_PENALTY] = float(sampling.repeat_penalty)
-        if sampling.seed is not None:
-            attributes[gen_ai.GEN_AI_REQUEST_SEED] = sampling.seed
-        if sampling.stop:
-            attributes[gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES] = list(sampling.stop)
+        attributes.update(sampling_attributes({
+            "max_tokens": request.max_tokens, "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "top_k": sampling.top_k, "frequency_penalty": sampling.frequency_penalty,
+            "presence_penalty": sampling.presence_penalty, "repeat_penalty": sampling.repeat_penalty,
+            "seed": sampling.seed, "stop": list(sampling.stop),
+        }))
         if request.stream:
             attributes[gen_ai.GEN_AI_REQUEST_STREAM] = True
         if request.conversation_id:
