@@ -10,7 +10,8 @@ module that provides it and the core extra that installs it::
     "backend:llama.cpp" = "llamatelemetry_llamacpp [llamacpp]"
 
 Keys are either a dotted import path (a module or ``module.attribute`` of the core), or
-``backend:<name>``, ``instrumentor:<name>`` or ``init:<argument>`` for names a plugin registers.
+``backend:<name>``, ``instrumentor:<name>``, ``stage:<kind>:<name>`` or ``init:<argument>`` for names a
+plugin registers.
 The distribution that an extra installs is read from the core's ``Requires-Dist``
 (``llamatelemetry-llamacpp==0.1.0; extra == "llamacpp"``). Adding a plugin to the API is an edit
 of that table, never of the core's code.
