@@ -199,6 +199,9 @@ def client_cost(model: Path, rounds: int) -> list[tuple[str, float, float]]:
                         chunks += bool(chunk.delta_text)
                 return chunks
 
+            chunks = streamed()
+            if chunks != 16:  # the tiny model holds end-of-sequence down: 16 tokens give 16 chunks
+                raise RuntimeError(f"the streamed request gave {chunks} chunks, not 16: the row would mislead")
             for label, call in (("non-streamed", whole), ("streamed, 16 chunks", streamed)):
                 cost, bare = block_cost(call, rounds, 25, switch_off=llamatelemetry.shutdown,
                                         switch_on=lambda: llamatelemetry.current() or _telemetry(llamatelemetry))
