@@ -23,8 +23,9 @@ import functools
 import importlib
 import re
 import sys
+from collections.abc import Callable, Iterable
 from importlib import metadata
-from typing import Final
+from typing import Any, Final
 
 import attrs
 
@@ -38,6 +39,7 @@ __all__ = [
     "find_feature",
     "install_hint",
     "load_feature",
+    "module_attributes",
     "provided_features",
     "why_unavailable",
 ]
@@ -142,6 +144,25 @@ def load_feature(key: str, feature: str | None = None) -> object:
     except AttributeError:
         version = _version_of(found.distribution) if found.distribution else None
         raise PluginFeatureMissingError(what, found.distribution or top, version) from None
+
+
+def module_attributes(module: str, public: Iterable[str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A core module's ``__getattr__`` and ``__dir__`` (PEP 562) for the names plugins provide it.
+
+    Usage, in ``llamatelemetry.backends``: ``__getattr__, __dir__ = module_attributes(__name__, __all__)``.
+    """
+    prefix = f"{module}."
+
+    def getattr_(name: str) -> Any:
+        key = prefix + name
+        if find_feature(key) is None:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        return load_feature(key)
+
+    def dir_() -> list[str]:
+        return sorted({*public, *(key[len(prefix):] for key in provided_features() if key.startswith(prefix))})
+
+    return getattr_, dir_
 
 
 def alias_module(name: str) -> None:

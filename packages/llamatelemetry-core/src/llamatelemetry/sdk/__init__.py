@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from llamatelemetry.plugins.extras import module_attributes
+
 __all__ = ["instrument", "uninstrument", "available_instrumentors"]
 
 T = TypeVar("T")
@@ -58,17 +60,5 @@ def uninstrument(name: str, target: Any) -> None:
     undo(target)
 
 
-def __getattr__(name: str) -> Any:
-    from llamatelemetry.plugins.extras import find_feature, load_feature
-
-    key = f"{__name__}.{name}"
-    if find_feature(key) is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return load_feature(key)
-
-
-def __dir__() -> list[str]:
-    from llamatelemetry.plugins.extras import provided_features
-
-    prefix = f"{__name__}."
-    return sorted({*__all__, *(key[len(prefix):] for key in provided_features() if key.startswith(prefix))})
+# The names plugins provide this module, resolved on first access.
+__getattr__, __dir__ = module_attributes(__name__, __all__)
