@@ -186,7 +186,8 @@ def client_cost(model: Path, rounds: int) -> list[tuple[str, float, float]]:
     messages = [{"role": "user", "content": "hello world"}]
     rows: list[tuple[str, float, float]] = []
     with ServerManager() as manager:
-        manager.start_server(model, gpu_layers=0, ctx_size=512, port=None, threads=2)
+        # One server thread: on a 2-core machine the caller then has a core of its own, as beside a real server.
+        manager.start_server(model, gpu_layers=0, ctx_size=512, port=None, threads=1)
         client = LlamaCppClient(manager.base_url, timeout=120)
         try:
             def whole() -> Any:
