@@ -652,3 +652,23 @@ def test_failing_redaction_hook_records_no_content(telemetry: InMemoryTelemetry)
                       output_text=SECRET)
     everything = [*attrs_of(span).values(), *(v for e in span.events for v in dict(e.attributes or {}).values())]
     assert not any(SECRET in str(value) for value in everything)
+
+
+def test_sampling_attributes_is_the_one_mapping_of_sampling_settings() -> None:
+    from llamatelemetry.semconv.mapping import SAMPLING_KEYS, sampling_attributes
+
+    attributes = sampling_attributes({
+        "max_tokens": 16, "temperature": 0, "top_p": 0.9, "top_k": 40, "frequency_penalty": 0.0,
+        "presence_penalty": 0.5, "repeat_penalty": 1.1, "seed": 7, "stop": "\n", "n_predict": 99,
+    })
+    assert attributes == {
+        gen_ai.GEN_AI_REQUEST_MAX_TOKENS: 16, gen_ai.GEN_AI_REQUEST_TEMPERATURE: 0.0,
+        gen_ai.GEN_AI_REQUEST_TOP_P: 0.9, gen_ai.GEN_AI_REQUEST_TOP_K: 40.0,
+        gen_ai.GEN_AI_REQUEST_PRESENCE_PENALTY: 0.5, "llamatelemetry.request.repeat_penalty": 1.1,
+        gen_ai.GEN_AI_REQUEST_SEED: 7, gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES: ["\n"],
+    }  # a penalty of 0 is "off"; unknown keys (n_predict) are ignored
+    assert isinstance(attributes[gen_ai.GEN_AI_REQUEST_TEMPERATURE], float)
+    # llama.cpp's "until the context is full", booleans and strings where numbers belong are left out
+    assert sampling_attributes({"max_tokens": -1, "temperature": True, "seed": False, "top_p": "0.9"}) == {}
+    assert sampling_attributes({"stop": ["a", 3, "b"]}) == {gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES: ["a", "b"]}
+    assert set(SAMPLING_KEYS) >= {"max_tokens", "temperature", "stop"}

@@ -146,7 +146,7 @@ class Generation:
         "_input_messages",
         "_metric_attributes",
         "_request",
-        "_tokens",
+        "_scopes",
         "_wants_result",
         "kind",
         "operation",
@@ -180,7 +180,7 @@ class Generation:
         self._wants_result = wants_result
         self._input_messages = input_messages
         self._ended = False
-        self._tokens: list[contextvars.Token[Any]] = []
+        self._scopes: list[_Current] = []
 
     # ------------------------------------------------------------------ state
 
@@ -341,19 +341,13 @@ class Generation:
         self._exit(exc)
 
     def _enter(self) -> None:
-        from opentelemetry import context as context_api
-        from opentelemetry import trace
-
-        self._tokens.append(_current.set(self))
-        self._tokens.append(context_api.attach(trace.set_span_in_context(self.span)))
+        scope = _Current(self)
+        scope.__enter__()
+        self._scopes.append(scope)
 
     def _exit(self, exc: BaseException | None) -> None:
-        from opentelemetry import context as context_api
-
-        if len(self._tokens) >= 2:
-            attached, token = self._tokens.pop(), self._tokens.pop()
-            context_api.detach(attached)
-            _current.reset(token)
+        if self._scopes:
+            self._scopes.pop().__exit__()
         if exc is not None:
             self.fail(exc)
         else:
@@ -405,7 +399,7 @@ class _InactiveGeneration(Generation):
         self.stream = False
         self.server_side = False
         self.started = 0.0
-        self._tokens = []
+        self._scopes = []
 
     @property
     def active(self) -> bool:
