@@ -206,9 +206,14 @@ class ServerManager:
             client = LlamaCppClient(server.base_url)
     """
 
-    def __init__(self, *, log_dir: str | os.PathLike[str] | None = None, binary: str | None = None) -> None:
+    def __init__(self, *, log_dir: str | os.PathLike[str] | None = None, binary: str | None = None,
+                 library_path: Sequence[str | os.PathLike[str]] = ()) -> None:
         self._log_dir = Path(log_dir) if log_dir is not None else None
         self._binary = binary
+        #: Folders put first on the server's LD_LIBRARY_PATH (a CUDA build's libraries, as the Kaggle plugin
+        #: computes them). Only the child gets them: the loader reads the variable at process start, so
+        #: changing this process's environment would not help it and would leak into everything else it starts.
+        self.library_path: tuple[str, ...] = tuple(os.fspath(p) for p in library_path)
         self._process: subprocess.Popen[bytes] | None = None
         self._log_handle: IO[bytes] | None = None
         self.settings: ServerSettings | None = None
@@ -359,10 +364,19 @@ class ServerManager:
         log.info("starting %s llama.cpp server: %s (log: %s)", kind, " ".join(shown), self.log_path)
         self._process = subprocess.Popen(
             command, stdout=self._log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=self.child_environment(),
             start_new_session=True,  # its own process group, so stopping reaches every child
         )
         self.owns_process = True
         _live.add(self)
+
+    def child_environment(self) -> dict[str, str]:
+        """The environment a started server gets: this process's, with ``library_path`` first on LD_LIBRARY_PATH."""
+        env = dict(os.environ)
+        if self.library_path:
+            inherited = [part for part in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if part]
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(dict.fromkeys([*self.library_path, *inherited]))
+        return env
 
     def _wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -433,10 +447,19 @@ def preset_values(name: str) -> Mapping[str, Any]:
 
         if name in PRESETS:  # the plugin is not loaded through its entry point (blocked, or in tests)
             return PRESETS[name][1]
-        raise ValueError(f"Unknown preset {name!r}: use one of {', '.join(sorted(set(presets) | set(PRESETS)))}.")
+        # The Kaggle presets are registered by the Kaggle plugin, which may not be installed.
+        hint = ' (the kaggle_* presets come with pip install "llamatelemetry-core[kaggle]")' \
+            if name.startswith("kaggle") and not any(known.startswith("kaggle") for known in presets) else ""
+        raise ValueError(f"Unknown preset {name!r}: use one of "
+                         f"{', '.join(sorted(set(presets) | set(PRESETS)))}{hint}.")
     return spec.values
 
 
-def quick_start(model_path: str | os.PathLike[str], preset: str = "kaggle_t4_dual", **options: Any) -> ServerManager:
-    """Start a server for ``model_path`` with a preset's flags (any start_server option overrides); returns it."""
-    return ServerManager().start_server(model_path, preset=preset, **options)
+def quick_start(model_path: str | os.PathLike[str], preset: str = "kaggle_t4_dual", *,
+                library_path: Sequence[str | os.PathLike[str]] = (), **options: Any) -> ServerManager:
+    """Start a server for ``model_path`` with a preset's flags (any start_server option overrides); returns it.
+
+    Presets come from the plugins' registry (``kaggle_*`` from the Kaggle plugin); ``library_path``
+    goes to ``ServerManager`` (on Kaggle: ``auto_configure().library_path``).
+    """
+    return ServerManager(library_path=library_path).start_server(model_path, preset=preset, **options)
