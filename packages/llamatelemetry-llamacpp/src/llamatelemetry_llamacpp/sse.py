@@ -8,7 +8,9 @@ carries output it appends one ``time.perf_counter()`` stamp and nothing else; th
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any, Final, Literal
 
 from llamatelemetry_llamacpp.errors import LlamaCppError, StreamProtocolError, http_error
@@ -21,12 +23,60 @@ from llamatelemetry_llamacpp.records import (
     Timings,
     Usage,
     as_int,
+    as_str,
 )
 from llamatelemetry_llamacpp.semconv import semconv_finish_reason
 
-__all__ = ["Outcome", "StreamParser", "stats_of"]
+__all__ = ["Outcome", "StreamParser", "stats_of", "SSELineSplitter", "sse_lines", "async_sse_lines"]
 
 _DONE: Final = "[DONE]"
+# The SSE rule: a line ends at CRLF, LF or CR, and nowhere else. str.splitlines (and httpx's
+# iter_lines) also split at U+2028, U+0085, form feed..., which a generated token may contain raw.
+_SSE_EOL: Final = re.compile(r"\r\n|\r|\n")
+
+
+class SSELineSplitter:
+    """Splits streamed text into SSE lines (CRLF, LF or CR), whatever the chunk boundaries."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = ""
+
+    def feed(self, text: str) -> list[str]:
+        """The lines that ``text`` completes (the unterminated rest waits for the next call)."""
+        text = self._pending + text
+        # A final CR may be the first half of a CRLF split across chunks: keep it for the next call.
+        cut = len(text) - 1 if text.endswith("\r") else len(text)
+        lines = _SSE_EOL.split(text[:cut])
+        self._pending = lines.pop() + text[cut:]
+        return lines
+
+    def close(self) -> list[str]:
+        """The last line(s) when the body ended without a final line break."""
+        rest, self._pending = self._pending, ""
+        lines = _SSE_EOL.split(rest)
+        if lines[-1] == "":
+            lines.pop()
+        return lines
+
+
+def sse_lines(chunks: Iterable[str]) -> Iterator[str]:
+    """The SSE lines of text arriving in ``chunks`` (e.g. ``httpx.Response.iter_text()``)."""
+    splitter = SSELineSplitter()
+    for chunk in chunks:
+        yield from splitter.feed(chunk)
+    yield from splitter.close()
+
+
+async def async_sse_lines(chunks: AsyncIterable[str]) -> AsyncIterator[str]:
+    """``sse_lines`` for an async body (e.g. ``httpx.Response.aiter_text()``)."""
+    splitter = SSELineSplitter()
+    async for chunk in chunks:
+        for line in splitter.feed(chunk):
+            yield line
+    for line in splitter.close():
+        yield line
 
 
 class Outcome:
@@ -157,32 +207,32 @@ class StreamParser(Outcome):
         return self._chat(data, now) if self.kind == "chat" else self._completion(data, now)
 
     def _chat(self, data: dict[str, Any], now: float) -> StreamChunk:
+        # Fields of an unexpected type are ignored, as if absent: a stream never fails on a field it only reads.
         text = ""
         finish: str | None = None
         choices = data.get("choices")
-        if choices:
-            choice = choices[0]
-            delta = choice.get("delta")
-            if delta:
-                text = delta.get("content") or ""
-                if text or delta.get("reasoning_content") or delta.get("tool_calls"):
-                    self.stamps.append(now)
-                    if self.parts is not None and text:
-                        self.parts.append(text)
-            finish = choice.get("finish_reason")
-            if finish:
-                self.server_finish_reason = finish
+        choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and delta:
+            text = as_str(delta.get("content")) or ""
+            if text or delta.get("reasoning_content") or delta.get("tool_calls"):
+                self.stamps.append(now)
+                if self.parts is not None and text:
+                    self.parts.append(text)
+        finish = as_str(choice.get("finish_reason"))
+        if finish:
+            self.server_finish_reason = finish
         if "usage" in data:
             self.usage_json = data["usage"]
         if "timings" in data:
             self.timings_json = data["timings"]
         if self.response_id is None:
-            self.response_id = data.get("id")
-            self.response_model = data.get("model")
+            self.response_id = as_str(data.get("id"))
+            self.response_model = as_str(data.get("model"))
         return StreamChunk(data, text, finish)
 
     def _completion(self, data: dict[str, Any], now: float) -> StreamChunk:
-        text = data.get("content") or ""
+        text = as_str(data.get("content")) or ""
         if text:
             self.stamps.append(now)
             if self.parts is not None:
@@ -190,11 +240,11 @@ class StreamParser(Outcome):
         if data.get("stop"):
             # llama.cpp's native stream has no [DONE]: the event with "stop": true is the last one.
             self.done = True
-            self.server_finish_reason = data.get("stop_type")
+            self.server_finish_reason = as_str(data.get("stop_type"))
             self.timings_json = data.get("timings")
             self.tokens_evaluated = as_int(data.get("tokens_evaluated"))
             self.tokens_predicted = as_int(data.get("tokens_predicted"))
-            self.response_model = data.get("model")
+            self.response_model = as_str(data.get("model"))
             return StreamChunk(data, text, self.server_finish_reason)
         return StreamChunk(data, text, None)
 

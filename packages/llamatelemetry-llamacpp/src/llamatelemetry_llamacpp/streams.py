@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from llamatelemetry_llamacpp.records import StreamChunk, StreamStats
-from llamatelemetry_llamacpp.sse import StreamParser, stats_of
+from llamatelemetry_llamacpp.sse import StreamParser, async_sse_lines, sse_lines, stats_of
 
 if TYPE_CHECKING:
     import httpx
@@ -68,7 +68,8 @@ class Stream(_StreamBase):
                  transport: Transport) -> None:
         super().__init__(parser, recording, transport)
         self._response = response
-        self._lines = response.iter_lines()
+        # SSE lines, not iter_lines(): that also splits at U+2028/U+0085, which a generated token may hold.
+        self._lines = sse_lines(response.iter_text())
 
     def __iter__(self) -> Stream:
         return self
@@ -132,7 +133,7 @@ class AsyncStream(_StreamBase):
                  transport: Transport, pending_closes: set[asyncio.Task[None]]) -> None:
         super().__init__(parser, recording, transport)
         self._response = response
-        self._lines: AsyncIterator[str] = response.aiter_lines()
+        self._lines: AsyncIterator[str] = async_sse_lines(response.aiter_text())
         self._pending_closes = pending_closes
 
     def __aiter__(self) -> AsyncStream:
