@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from llamatelemetry.plugins import BackendSpec, InstrumentorSpec, LoadDriverSpec, PresetSpec, hookimpl
+from llamatelemetry.plugins import BackendSpec, InstrumentorSpec, LoadDriverSpec, PresetSpec, StageSpec, hookimpl
 from llamatelemetry_llamacpp.presets import PRESETS
 
 
@@ -52,3 +52,12 @@ def llamatelemetry_register_commands(subparsers: argparse._SubParsersAction[Any]
     from llamatelemetry_llamacpp.demo import add_parser
 
     add_parser(subparsers)
+
+
+@hookimpl
+def llamatelemetry_register_stages() -> list[StageSpec]:
+    """``quantize:gguf``: llama.cpp's quantizer in-process (llama-cpp-python), or the gguf package's for Q8_0/Q4_0."""
+    return [StageSpec(
+        name="gguf", kind="quantize", factory="llamatelemetry_llamacpp.quantize:quantize_gguf",
+        description="GGUF quantization (Q4_K_M, Q8_0, ...) of a GGUF file or an exported Hugging Face model",
+    )]

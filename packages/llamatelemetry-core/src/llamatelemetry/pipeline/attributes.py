@@ -41,6 +41,22 @@ QUANTIZATION_SIZE_AFTER: Final = "llamatelemetry.quantization.size.after"  # By
 QUANTIZATION_MODULES: Final = "llamatelemetry.quantization.modules"
 #: Weight layers the stage could not quantize and left as they were (GPT-2's Conv1D for torch dynamic int8).
 QUANTIZATION_MODULES_SKIPPED: Final = "llamatelemetry.quantization.modules.skipped"
+#: Which quantizer ran: ``llama.cpp`` (llama_model_quantize) or ``gguf-py`` (the gguf package's Python quantizers).
+QUANTIZATION_ENGINE: Final = "llamatelemetry.quantization.engine"
+#: The GGUF ``general.file_type`` of the input and of the output, as llama.cpp names them (``F16``, ``Q4_K_M``).
+QUANTIZATION_SOURCE_TYPE: Final = "llamatelemetry.quantization.source_type"
+QUANTIZATION_FILE_TYPE: Final = "llamatelemetry.quantization.file_type"
+#: Bits per weight of the output: bytes of all its tensors x 8 / their elements (llama.cpp's "BPW").
+QUANTIZATION_BITS_PER_WEIGHT: Final = "llamatelemetry.quantization.bits_per_weight"  # double
+QUANTIZATION_TENSORS: Final = "llamatelemetry.quantization.tensors"  # int, tensors in the output
+#: Tensors of the output by ggml type, one ``TYPE=count`` string each: ``["F32=5", "Q4_K=13", "Q6_K=3"]``.
+QUANTIZATION_TENSOR_TYPES: Final = "llamatelemetry.quantization.tensor_types"  # string[]
+#: Weights stored in another type than the asked one uses because their rows do not fit its blocks
+#: (K-quants need rows divisible by 256): their count, and their names (at most 64 on the span).
+QUANTIZATION_FALLBACK_TENSORS: Final = "llamatelemetry.quantization.fallback.tensors"  # int
+QUANTIZATION_FALLBACK_NAMES: Final = "llamatelemetry.quantization.fallback.names"  # string[]
+#: Seconds the quantizer itself ran (the stage span also covers reading, checking and hashing).
+QUANTIZATION_DURATION: Final = "llamatelemetry.quantization.duration"  # s
 
 # ---- metrics
 METRIC_STAGE_DURATION: Final = "llamatelemetry.pipeline.stage.duration"  # s, histogram, by stage and outcome

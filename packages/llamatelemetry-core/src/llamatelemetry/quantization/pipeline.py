@@ -1,8 +1,10 @@
 """``QuantizationPipeline``: pick the stage for a quantization type from the plugins' registry, and run it.
 
 The stages come from the plugin manager's ``stages()`` registry (kind ``"quantize"``): the
-transformers plugin registers ``dynamic`` (torch int8, CPU) and ``nf4`` (bitsandbytes, CUDA). A type
-no installed plugin produces raises ``StageNotFoundError`` with what to install or run instead.
+transformers plugin registers ``dynamic`` (torch int8, CPU) and ``nf4`` (bitsandbytes, CUDA), the
+llama.cpp plugin ``gguf`` (every GGUF type: ``Q4_K_M``, ``Q8_0``, ...; ``method_for`` routes GGUF type
+names there). A type no installed plugin produces raises ``StageNotFoundError`` with what to install
+or run instead.
 """
 
 from __future__ import annotations
@@ -39,13 +41,13 @@ def find_stage(kind: str, name: str) -> StageSpec:
     if spec is not None:
         return spec
     available = [s.name for s in stages.values() if s.kind == kind]
-    if name == "gguf":
-        what = "GGUF conversion" if kind == "export" else "GGUF quantization"
-        raise GGUFNotAvailableError(kind, name, available, what)
     from llamatelemetry.plugins.extras import find_feature
 
     # Which plugin provides a stage comes from the core's packaging metadata, not from this module.
     provider = find_feature(f"stage:{kind}:{name}")
+    if name == "gguf" and (provider is None or provider.is_installed()):
+        what = "GGUF conversion" if kind == "export" else "GGUF quantization"
+        raise GGUFNotAvailableError(kind, name, available, what)
     if provider is not None:
         if not provider.is_installed():
             raise provider.not_installed_error(f"The {name!r} {kind} stage")
@@ -62,7 +64,8 @@ class QuantizationPipeline:
     Example::
 
         pipeline = QuantizationPipeline(pipeline_ctx=PipelineContext(base_model="tiny-llama"))
-        result = pipeline.run(model, output_path="model-int8.pt", quant_type="int8")
+        result = pipeline.run("model-f16.gguf", output_path="model-q4.gguf", quant_type="Q4_K_M")
+        print(result.bits_per_weight, result.fallback_tensors)
         pipeline.pipeline_ctx.manifest.save("manifest.json")
     """
 

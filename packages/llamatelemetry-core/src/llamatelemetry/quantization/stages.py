@@ -9,7 +9,7 @@ returns a ``QuantizationResult``.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
@@ -62,6 +62,9 @@ class QuantizationResult:
 
     ``model`` is the quantized model object when the stage made one in memory (``None`` when the
     product is only a file); sizes are bytes of the weights before and after, where known.
+    File-producing stages (GGUF) also say which quantizer ran (``engine``), the bits per weight,
+    the output's tensors by type, and which weights had to fall back to another type because their
+    shape does not fit the asked one (``fallback_tensors``: never hidden).
     """
 
     method: str
@@ -73,6 +76,24 @@ class QuantizationResult:
     duration_s: float | None = None
     artifacts: tuple[Artifact, ...] = ()
     context: PipelineContext | None = None
+    engine: str | None = None
+    bits_per_weight: float | None = None
+    #: Tensors of the output by type name (``{"Q4_K": 13, "Q6_K": 3, "F32": 5}``).
+    tensor_types: Mapping[str, int] = attrs.field(factory=dict)
+    #: Names of the weights stored in a fallback type (their rows do not fit the asked type's blocks).
+    fallback_tensors: tuple[str, ...] = ()
+    #: The file the stage quantized from when it exported one first (removed unless kept).
+    intermediate_path: str | None = None
+
+    @property
+    def n_tensors(self) -> int:
+        """Tensors in the output (0 when the stage did not count them)."""
+        return sum(self.tensor_types.values())
+
+    @property
+    def fallback_count(self) -> int:
+        """How many weights fell back to another type than the asked one."""
+        return len(self.fallback_tensors)
 
     @property
     def compression_ratio(self) -> float | None:
@@ -117,13 +138,18 @@ class GGUFNotAvailableError(StageNotFoundError, NotImplementedError):
     def __init__(self, kind: str, name: str, available: Sequence[str], what: str) -> None:
         from llamatelemetry.plugins.extras import find_feature
 
-        # Which plugin quantizes without llama.cpp is data in the core's packaging metadata.
-        provider = find_feature("stage:quantize:dynamic")
-        install = f": {provider.install_command}" if provider is not None else ""
+        # Which plugins provide GGUF stages, and which quantizes without llama.cpp, is data in the core's
+        # packaging metadata.
+        provider = find_feature(f"stage:{kind}:{name}")
+        fallback = find_feature("stage:quantize:dynamic")
+        install = f": {fallback.install_command}" if fallback is not None else ""
+        plugin = (f"install the plugin that provides it ({provider.install_command}) or check "
+                  "LLAMATELEMETRY_DISABLE_PLUGINS / LLAMATELEMETRY_PLUGINS; or "
+                  if provider is not None else "")
         super().__init__(kind, name, available, hint=(
-            f"{what} needs llama.cpp's own tools, which no llamatelemetry plugin wraps yet: convert the model with "
-            "llama.cpp's convert_hf_to_gguf.py (python convert_hf_to_gguf.py <model folder> --outtype f16), then "
-            "quantize it with llama-quantize (llama-quantize model-f16.gguf model-q4_k_m.gguf Q4_K_M), each inside "
-            "a PipelineTracer stage (span_export_gguf, span_quantize) to trace it. For quantization without "
-            "llama.cpp, quant_type='int8' (torch, CPU) or quant_type='nf4' (bitsandbytes, CUDA) run through "
-            f"the plugin's quantize stages{install}."))
+            f"{what} is a plugin stage: {plugin}convert the model with llama.cpp's convert_hf_to_gguf.py (python "
+            "convert_hf_to_gguf.py <model folder> --outtype f16), then quantize it with llama-quantize "
+            "(llama-quantize model-f16.gguf model-q4_k_m.gguf Q4_K_M), each inside a PipelineTracer stage "
+            "(span_export_gguf, span_quantize) to trace it. For quantization without llama.cpp, "
+            "quant_type='int8' (torch, CPU) or quant_type='nf4' (bitsandbytes, CUDA) run through the "
+            f"plugin's quantize stages{install}."))
