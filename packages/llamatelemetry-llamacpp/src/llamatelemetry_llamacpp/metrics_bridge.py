@@ -18,7 +18,9 @@ Prometheus labels.
 The set of families differs between llama.cpp builds, so every one is optional: the bridge
 registers the names the server exposes when it starts. Each collection scrapes the server once
 (all callbacks of that collection share the scrape); a failed scrape is logged once per outage
-and yields no observations; nothing is ever raised into the OpenTelemetry SDK.
+and yields no observations; nothing is ever raised into the OpenTelemetry SDK. A server restart
+resets its counters: the bridge carries each counter on from its last value, so an exported
+counter never decreases (no negative deltas).
 """
 
 from __future__ import annotations
@@ -59,7 +61,10 @@ _UNITS: Final[dict[str, str]] = {
     "n_busy_slots_per_decode": "{slot}", "kv_cache_usage_ratio": "1", "kv_cache_tokens": "{token}",
 }
 
-_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
+# Label values are quoted strings that may hold "}" (and escaped quotes): the label set ends at the first
+# "}" outside quotes.
+_SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>(?:[^"}]|"(?:[^"\\]|\\.)*")*)\})?'
+                     r"\s+(?P<value>\S+)")
 _LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
 
 
@@ -81,11 +86,15 @@ class PrometheusFamily:
     samples: tuple[PrometheusSample, ...] = ()
 
 
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_UNESCAPED: Final[dict[str, str]] = {"n": "\n", "\\": "\\", '"': '"'}
+
+
 def _labels(text: str | None) -> dict[str, str]:
     if not text:
         return {}
-    return {key: value.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
-            for key, value in _LABEL.findall(text)}
+    # One pass, so an escaped backslash before an "n" stays a backslash and an "n".
+    return {key: _ESCAPE.sub(lambda m: _UNESCAPED.get(m[1], m[0]), value) for key, value in _LABEL.findall(text)}
 
 
 def _value(text: str) -> float | None:
@@ -101,7 +110,8 @@ def parse_prometheus_text(text: str) -> dict[str, PrometheusFamily]:
     types: dict[str, str] = {}
     helps: dict[str, str] = {}
     samples: dict[str, list[PrometheusSample]] = {}
-    for raw in text.splitlines():
+    # Lines end at \n only (the exposition format's rule); splitlines() would also cut a label value at \x1e.
+    for raw in text.split("\n"):
         line = raw.strip()
         if not line:
             continue
@@ -217,6 +227,8 @@ class LlamaCppServerMetrics:
         self._failing: set[str] = set()
         self._stopped = False
         self._scrape_count = 0
+        #: Per counter sample (family, labels): the last value the server reported and the restart offset.
+        self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[float, float]] = {}
         self._names: list[str] = []
         try:
             self._register(include_slots)
@@ -319,11 +331,31 @@ class LlamaCppServerMetrics:
             family = families.get(family_name)
             if family is None:
                 return []  # the server stopped exposing it (a restart with another build)
+            if family.type == "counter":
+                return [Observation(self._monotonic(family_name, sample), {**self._base_attributes, **sample.labels})
+                        for sample in family.samples]
             return [Observation(sample.value, {**self._base_attributes, **sample.labels})
                     for sample in family.samples]
         except Exception:  # never into the SDK
             log.debug("observing %s failed", instrument, exc_info=True)
             return []
+
+    def _monotonic(self, family_name: str, sample: PrometheusSample) -> float:
+        """The counter's value carried across server restarts, so that a counter never goes down.
+
+        A restarted server counts from zero again; reported as is, the SDK would turn the drop into a
+        negative delta. The last value before the restart becomes an offset added from then on (what
+        the server counted between the last scrape and the restart is lost either way).
+        """
+        key = (family_name, tuple(sorted(sample.labels.items())))
+        with self._lock:
+            last, offset = self._counters.get(key, (0.0, 0.0))
+            if sample.value < last:
+                offset += last
+                log.info("the llama.cpp server at %s restarted (%s went from %g back to %g); its counters "
+                         "continue from their last values", self._client.base_url, family_name, last, sample.value)
+            self._counters[key] = (sample.value, offset)
+        return sample.value + offset
 
     def _observe_slots(self, instrument: str, count: Callable[[list[dict[str, Any]]], int]) -> list[Observation]:
         from opentelemetry.metrics import Observation
