@@ -323,6 +323,8 @@ class PluginManager:
                     owned: _RecordT = attrs.evolve(record, distribution=distribution)
                     for name in (owned.name, *getattr(owned, "aliases", ())):
                         key = _registry_key(name)
+                        if isinstance(owned, StageSpec):  # stage names are unique within a kind only
+                            key = f"{owned.kind}:{key}"
                         previous = records.get(key)
                         if previous is None:
                             records[key] = owned
