@@ -23,6 +23,8 @@ _DEFAULT_ALIGNMENT: Final = 32
 # GGUF metadata value types -> byte size (string = 8, array = 9 are variable).
 _SCALAR_SIZES: Final[Mapping[int, int]] = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _STRING, _ARRAY, _UINT32 = 8, 9, 4
+# Real files nest arrays one level at most; deeper is a damaged (or hostile) header.
+_MAX_ARRAY_DEPTH: Final = 16
 # ggml tensor type -> (elements per block, bytes per block), as gguf.GGML_QUANT_SIZES. Only stable
 # layouts are listed; a tensor of a type not here is not size-checked (llama.cpp checks it on load).
 GGML_TYPE_SIZES: Final[Mapping[int, tuple[int, int]]] = {
@@ -79,7 +81,7 @@ class _HeaderReader:
         start = self.take(length)
         return bytes(self.data[start:start + length])
 
-    def skip_value(self, kind: int) -> None:
+    def skip_value(self, kind: int, depth: int = 0) -> None:
         if kind in _SCALAR_SIZES:
             self.take(_SCALAR_SIZES[kind])
         elif kind == _STRING:
@@ -91,14 +93,21 @@ class _HeaderReader:
             else:
                 if count > self.size - self.pos:  # every item takes at least one byte
                     raise _ShortRead
+                if depth >= _MAX_ARRAY_DEPTH:  # a crafted header would otherwise exhaust Python's recursion
+                    raise ValueError(f"metadata arrays nested more than {_MAX_ARRAY_DEPTH} deep")
                 for _ in range(count):
-                    self.skip_value(item_kind)
+                    self.skip_value(item_kind, depth + 1)
         else:
             raise ValueError(f"unknown metadata value type {kind}")
 
 
 def check_gguf_file(path: str | os.PathLike[str]) -> GGUFFileInfo:
-    """Check that ``path`` is a complete GGUF file, reading only its header; raise a specific error if not."""
+    """Check that ``path`` is a complete GGUF file, reading only its header; raise a specific error if not.
+
+    Raises ``ModelFileNotFoundError`` (no such file), ``NotAGGUFError`` (not GGUF, a version other
+    than 2 or 3, or a damaged header) or ``TruncatedModelError`` (the file ends before what its header
+    lists); whatever the bytes, nothing else (fuzzed in tests/fuzz/test_fuzz_gguf.py).
+    """
     text = os.fspath(path)
     if not os.path.isfile(text):
         raise ModelFileNotFoundError(text)
@@ -152,6 +161,8 @@ def _parse_header(path: str, data: mmap.mmap, size: int) -> GGUFFileInfo:
                 data_end = max(data_end, offset + elements // block[0] * block[1])
     except _ShortRead:
         raise TruncatedModelError(path, size, None, where) from None
+    except NotAGGUFError:
+        raise
     except ValueError as exc:  # an unknown metadata type: a damaged header, or a newer format
         raise NotAGGUFError(path, bytes(data[:8]), f"its header is damaged or newer than this check ({exc})") from None
     data_start = -(-reader.pos // alignment) * alignment
