@@ -317,7 +317,11 @@ def test_plugin_import_paths_with_the_plugin_installed_resolve_to_it() -> None:
     import llamatelemetry_llamacpp
 
     assert llama is llamatelemetry_llamacpp
-    assert "kaggle_t4_dual" in llama.PRESETS
+    assert "single_gpu" in llama.PRESETS
+    # The Kaggle presets moved to the Kaggle plugin, which registers them.
+    from llamatelemetry.plugins import get_plugin_manager
+
+    assert get_plugin_manager().presets()["kaggle_t4_dual"].distribution == "llamatelemetry-kaggle"
 
 
 def test_backends_module_names_the_missing_plugin(run_python: Any) -> None:

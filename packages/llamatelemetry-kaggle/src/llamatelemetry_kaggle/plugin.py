@@ -1,16 +1,43 @@
-"""Entry point of the Kaggle plugin: resource attributes when running on Kaggle."""
+"""Entry point of the Kaggle plugin: Kaggle's llama.cpp presets, and resource attributes on Kaggle."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from llamatelemetry.plugins import hookimpl
-from llamatelemetry_kaggle.detect import detect
+from llamatelemetry.plugins import PresetSpec, hookimpl
+from llamatelemetry_kaggle import semconv
+from llamatelemetry_kaggle.presets import preset_specs
+
+
+@hookimpl
+def llamatelemetry_register_presets() -> list[PresetSpec]:
+    """``kaggle_t4_dual``, ``kaggle_t4_single`` and ``kaggle_p100``: llama.cpp server flags for Kaggle's GPUs."""
+    return preset_specs()
 
 
 @hookimpl
 def llamatelemetry_resource_attributes() -> Mapping[str, Any] | None:
-    """Describe the Kaggle notebook on the resource; nothing off Kaggle."""
-    environment = detect()
-    return environment.resource_attributes() if environment is not None else None
+    """Describe the Kaggle notebook on the resource (platform, run type, accelerator); nothing off Kaggle.
+
+    Local look-ups only (environment, ``/etc/build_date``, NVML): the accelerator of the last
+    ``auto_configure()`` is reused when there is one. Nothing secret is read.
+    """
+    from llamatelemetry_kaggle.accelerator import detect_accelerator
+    from llamatelemetry_kaggle.configure import last_config
+    from llamatelemetry_kaggle.detect import detect
+
+    last = last_config()
+    if last is not None and last.on_kaggle and last.environment is not None and detect() is not None:
+        environment, accelerator = last.environment, last.accelerator
+    else:
+        found = detect()
+        if found is None:
+            return None
+        environment, accelerator = found, detect_accelerator()
+    attributes = dict(environment.resource_attributes())
+    attributes[semconv.KAGGLE_ACCELERATOR] = accelerator.label
+    attributes[semconv.KAGGLE_GPU_COUNT] = accelerator.gpu_count
+    if accelerator.gpus:
+        attributes[semconv.KAGGLE_GPU_NAMES] = list(accelerator.names)
+    return attributes

@@ -1,0 +1,222 @@
+"""A FAKE Kaggle for the Kaggle plugin's tests: this machine is not a Kaggle notebook.
+
+- ``fake_kaggle_secrets``: a FAKE ``kaggle_secrets`` module (Kaggle's class and method names:
+  ``UserSecretsClient().get_secret(label)``, ``CredentialError``, ``BackendError``), written to a
+  temporary folder put on ``sys.path``. Kaggle's real module asks Kaggle's service; the fake reads
+  a JSON file beside it, which a test rewrites (``.set(...)``), and counts its calls there.
+- ``kaggle_root``: a FAKE ``/kaggle`` tree (``kaggle/working``, ``kaggle/input``, ``etc/build_date``,
+  CUDA library folders) under a temporary root, passed to ``auto_configure(root=...)``.
+- ``on_kaggle``: Kaggle's environment variables, set for one test.
+- ``install_gpus``: FAKE NVML devices (``llamatelemetry.testing.fake_nvml``) as ``pynvml``: two T4s
+  (15,360 MiB, 70 W, compute 7.5), one T4, one P100, or none.
+- ``open_port`` / ``closed_port``: a real local listener and a port nothing listens on, for the
+  internet check.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llamatelemetry.testing.fake_nvml import FakeDevice, FakeNVML, FakeReading
+
+MIB = 1024 * 1024
+
+KAGGLE_VARIABLES = ("KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_DATA_PROXY_URL", "KAGGLE_DATA_PROXY_PROJECT", "KAGGLE_URL_BASE",
+                    "KAGGLE_USER_SECRETS_TOKEN", "KAGGLE_KERNEL_INTEGRATIONS", "KAGGLE_IAP_TOKEN")
+OTEL_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_PROTOCOL",
+                  "OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_SERVICE_NAME", "OTEL_SDK_DISABLED",
+                  "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                  "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+                  "LLAMATELEMETRY_OUTPUT_FILE", "LLAMATELEMETRY_ENABLE_GPU", "CUDA_VISIBLE_DEVICES")
+
+FAKE_KAGGLE_SECRETS_MODULE = '''
+"""FAKE kaggle_secrets for tests: Kaggle's names, answers from fake_kaggle_secrets.json beside this file."""
+
+import json
+import os
+import pathlib
+
+_STATE = pathlib.Path(__file__).with_name("fake_kaggle_secrets.json")
+
+
+class CredentialError(Exception):
+    pass
+
+
+class BackendError(Exception):
+    pass
+
+
+class ValidationError(Exception):
+    pass
+
+
+def _state():
+    return json.loads(_STATE.read_text())
+
+
+def _count(label):
+    state = _state()
+    state["calls"].append(label)
+    _STATE.write_text(json.dumps(state))
+    return state
+
+
+class UserSecretsClient:
+    def __init__(self):
+        # Kaggle's client needs the kernel's token, and raises this without it.
+        if os.getenv("KAGGLE_USER_SECRETS_TOKEN") is None:
+            raise CredentialError("A JWT Token is required to use the UserSecretsClient, "
+                                  "but none found in environment variable KAGGLE_USER_SECRETS_TOKEN")
+
+    def get_secret(self, label):
+        if not label:
+            raise ValidationError("Label must be non-empty.")
+        state = _count(label)
+        if not state["internet"]:
+            raise ConnectionError("Connection error trying to communicate with service.")
+        if label not in state["secrets"]:
+            # Kaggle answers an unknown label with an unsuccessful response, quoting it.
+            raise BackendError(f"Unexpected response from the service. Response: {{'wasSuccessful': False}}.")
+        return state["secrets"][label]
+'''
+
+
+class FakeKaggleSecrets:
+    """Controls the FAKE ``kaggle_secrets`` module: which secrets exist, whether internet is on, what was asked."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.state = folder / "fake_kaggle_secrets.json"
+        self.set({})
+
+    def set(self, secrets: dict[str, str], *, internet: bool = True) -> None:
+        """The secrets attached to the fake notebook, and whether the fake service is reachable."""
+        self.state.write_text(json.dumps({"secrets": secrets, "internet": internet, "calls": []}))
+
+    @property
+    def calls(self) -> list[str]:
+        """The labels asked for so far."""
+        return list(json.loads(self.state.read_text())["calls"])
+
+
+@pytest.fixture(autouse=True)
+def _no_kaggle_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Kaggle or OTLP variable of the developer's shell leaks into a test."""
+    for name in (*KAGGLE_VARIABLES, *OTEL_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def fake_kaggle_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKaggleSecrets]:
+    """The FAKE ``kaggle_secrets`` module on ``sys.path``, with no secret set yet."""
+    folder = tmp_path / "fake-kaggle-site"
+    folder.mkdir()
+    (folder / "kaggle_secrets.py").write_text(textwrap.dedent(FAKE_KAGGLE_SECRETS_MODULE))
+    monkeypatch.delitem(sys.modules, "kaggle_secrets", raising=False)
+    monkeypatch.syspath_prepend(str(folder))
+    yield FakeKaggleSecrets(folder)
+    sys.modules.pop("kaggle_secrets", None)
+
+
+@pytest.fixture
+def kaggle_root(tmp_path: Path) -> Path:
+    """A FAKE Kaggle file system under a temporary root."""
+    root = tmp_path / "fake-kaggle-root"
+    for folder in ("kaggle/working", "kaggle/input/smollm2", "etc", "usr/local/cuda/lib64", "usr/local/nvidia/lib64"):
+        (root / folder).mkdir(parents=True)
+    (root / "etc" / "build_date").write_text("20261115-093000\n")
+    return root
+
+
+@pytest.fixture
+def on_kaggle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variables Kaggle sets in an interactive notebook (FAKE values)."""
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    monkeypatch.setenv("KAGGLE_DATA_PROXY_URL", "https://dp.kaggle.net")
+    monkeypatch.setenv("KAGGLE_DATA_PROXY_PROJECT", "kaggle-161607")
+    monkeypatch.setenv("KAGGLE_URL_BASE", "https://www.kaggle.com")
+    monkeypatch.setenv("KAGGLE_USER_SECRETS_TOKEN", "fake-kernel-jwt")
+    monkeypatch.setenv("KAGGLE_KERNEL_INTEGRATIONS", "")
+
+
+class FakeNVMLWithComputeCapability(FakeNVML):
+    """FAKE ``pynvml`` that also answers ``nvmlDeviceGetCudaComputeCapability`` (the core's fake does not)."""
+
+    def __init__(self, devices: list[FakeDevice], capabilities: dict[str, tuple[int, int]]) -> None:
+        super().__init__(devices)
+        self.capabilities = capabilities
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle: FakeDevice) -> tuple[int, int]:
+        self._count("nvmlDeviceGetCudaComputeCapability")
+        return self.capabilities[handle.uuid]
+
+
+def fake_t4(uuid: str) -> FakeDevice:
+    """A FAKE Tesla T4 as Kaggle has them: 15,360 MiB, 70 W cap."""
+    return FakeDevice("Tesla T4", uuid, 15360 * MIB, readings=[FakeReading(memory_used_bytes=300 * MIB,
+                                                                           power_mw=9000, temperature_c=40)],
+                      power_limit_mw=70_000)
+
+
+def fake_p100() -> FakeDevice:
+    """A FAKE Tesla P100 (16 GB, 250 W cap)."""
+    return FakeDevice("Tesla P100-PCIE-16GB", "GPU-p100-0000", 16384 * MIB,
+                      readings=[FakeReading(memory_used_bytes=0, power_mw=25000)], power_limit_mw=250_000)
+
+
+@pytest.fixture
+def install_gpus(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], FakeNVML]:
+    """Install FAKE NVML GPUs as ``pynvml``: ``"t4x2"``, ``"t4"``, ``"p100"`` or ``"none"``."""
+
+    def install(kind: str) -> FakeNVML:
+        fake: FakeNVML
+        if kind == "t4x2":
+            fake = FakeNVMLWithComputeCapability([fake_t4("GPU-t4-aaaa"), fake_t4("GPU-t4-bbbb")],
+                                                 {"GPU-t4-aaaa": (7, 5), "GPU-t4-bbbb": (7, 5)})
+        elif kind == "t4":
+            fake = FakeNVMLWithComputeCapability([fake_t4("GPU-t4-aaaa")], {"GPU-t4-aaaa": (7, 5)})
+        elif kind == "p100":
+            # The core's fake has no compute-capability call: the plugin's product-name table answers.
+            fake = FakeNVML([fake_p100()])
+        elif kind == "none":
+            fake = FakeNVML([])
+        else:
+            raise ValueError(kind)
+        monkeypatch.setitem(sys.modules, "pynvml", fake)
+        return fake
+
+    return install
+
+
+@pytest.fixture
+def open_port() -> Iterator[tuple[str, int]]:
+    """A real local listener: the internet check succeeds against it."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    yield "127.0.0.1", int(server.getsockname()[1])
+    server.close()
+
+
+@pytest.fixture
+def closed_port() -> tuple[str, int]:
+    """A local port nothing listens on: the internet check fails against it, at once."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    probe.bind(("127.0.0.1", 0))
+    port = int(probe.getsockname()[1])
+    probe.close()
+    return "127.0.0.1", port
+
+
+def everything_said(*texts: Any) -> str:
+    """One string of everything given (for 'the canary appears nowhere' checks)."""
+    return "\n".join(str(text) for text in texts)
