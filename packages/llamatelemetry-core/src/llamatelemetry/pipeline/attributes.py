@@ -10,6 +10,10 @@ from typing import Final
 
 #: Span names are this prefix plus the stage: ``llamatelemetry.pipeline.quantize``.
 SPAN_PREFIX: Final = "llamatelemetry.pipeline."
+#: The span of a whole run (``PipelineTracer.pipeline``): every stage span of the run is its child.
+SPAN_PIPELINE: Final = "llamatelemetry.pipeline"
+#: Artifacts in the run's manifest when the pipeline span ends (int).
+ARTIFACT_COUNT: Final = "llamatelemetry.pipeline.artifacts.count"
 STAGE_FINETUNE: Final = "finetune"
 STAGE_MERGE_LORA: Final = "merge_lora"
 STAGE_EXPORT_GGUF: Final = "export_gguf"

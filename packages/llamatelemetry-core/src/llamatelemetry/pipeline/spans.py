@@ -166,6 +166,32 @@ class PipelineTracer:
                 span.set_attributes(stage._artifact_attributes())
         _stage_histogram().record(time.perf_counter() - started, {names.STAGE: name, names.OUTCOME: "ok"})
 
+    @contextlib.contextmanager
+    def pipeline(self, ctx: PipelineContext | None = None, **attributes: Any) -> Iterator[PipelineContext]:
+        """The span of a whole run (``llamatelemetry.pipeline``): stage spans opened inside it are its children.
+
+        Yields the context; when the block ends the span records how many artifacts the manifest holds.
+        An exception ends it with status ERROR and ``error.type`` and propagates.
+        """
+        from opentelemetry import trace
+
+        from llamatelemetry._runtime import get_tracer
+        from llamatelemetry.decorators import record_error
+
+        context = ctx if ctx is not None else PipelineContext()
+        with get_tracer().start_as_current_span(
+            names.SPAN_PIPELINE, kind=trace.SpanKind.INTERNAL, attributes={**context.attributes(), **attributes},
+            record_exception=False, set_status_on_exception=False,
+        ) as span:
+            try:
+                yield context
+            except BaseException as exc:
+                record_error(span, exc)
+                raise
+            finally:
+                if span.is_recording():
+                    span.set_attributes({**context.attributes(), names.ARTIFACT_COUNT: len(context.manifest)})
+
     def span_finetune(self, ctx: PipelineContext | None = None,
                       **attributes: Any) -> contextlib.AbstractContextManager[PipelineStage]:
         """The fine-tuning stage."""
