@@ -180,10 +180,15 @@ def _prompt_from_json(value: Any, default_id: str, where: str) -> Prompt:
 
 
 def load_prompts(path: str | os.PathLike[str]) -> list[Prompt]:
-    """Read a JSONL prompt file (see the module docstring); errors name the file and line."""
+    """Read a JSONL prompt file (see the module docstring); errors name the file and line.
+
+    Raises ``PromptFileError`` for anything wrong with the file (missing, not UTF-8, a line that is
+    not JSON or not a prompt, no prompts at all) and nothing else, whatever its bytes.
+    """
     file = Path(path).expanduser()
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
+        # JSON Lines end at \n only; splitlines() would also cut a JSON string holding a raw U+2028 or U+0085.
+        lines = file.read_text(encoding="utf-8").split("\n")
     except FileNotFoundError:
         raise PromptFileError(f"Prompt file not found: {file}.") from None
     except UnicodeDecodeError as exc:
@@ -199,6 +204,9 @@ def load_prompts(path: str | os.PathLike[str]) -> list[Prompt]:
         except json.JSONDecodeError as exc:
             raise PromptFileError(f"{where}: not JSON ({exc.msg}); write one JSON string or object per line."
                                   ) from None
+        except RecursionError:
+            raise PromptFileError(f"{where}: the JSON is nested too deeply to read; write one JSON string or "
+                                  "object per line.") from None
         prompts.append(_prompt_from_json(value, f"{file.stem}-{number}", where))
     if not prompts:
         raise PromptFileError(f"{file} holds no prompts.")
