@@ -111,7 +111,8 @@ def test_two_t4s_read_through_the_gpu_module(on_kaggle: None, kaggle_root: Path,
     fake = install_gpus("t4x2")
     cfg = auto_configure(root=kaggle_root, check_internet=False)
     assert [(g.index, g.name, g.memory_total_mib, g.power_limit_w, g.compute_capability)
-            for g in cfg.accelerator.gpus] == [(0, "Tesla T4", 15360, 70.0, (7, 5)), (1, "Tesla T4", 15360, 70.0, (7, 5))]
+            for g in cfg.accelerator.gpus] == [(0, "Tesla T4", 15360, 70.0, (7, 5)),
+                                               (1, "Tesla T4", 15360, 70.0, (7, 5))]
     assert fake.calls["nvmlDeviceGetCudaComputeCapability"] == 2, "NVML's own answer, not the name table"
     assert fake.initialized == 0, "every nvmlInit is matched by an nvmlShutdown"
     assert cfg.telemetry is not None and cfg.telemetry.enable_gpu is True
@@ -150,7 +151,8 @@ def test_every_secrets_failure_gives_one_warning_and_a_working_file_export(
         open_port: tuple[str, int], closed_port: tuple[str, int], caplog: pytest.LogCaptureFixture) -> None:
     install_gpus("t4x2")
     probe = open_port
-    secrets = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_HEADERS": f"x-api-key={CANARY}"}
+    secrets = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+               "OTEL_EXPORTER_OTLP_HEADERS": f"x-api-key={CANARY}"}
     if case == "not_attached":
         monkeypatch.delenv("KAGGLE_USER_SECRETS_TOKEN")
     elif case == "missing_endpoint":
@@ -197,7 +199,7 @@ class HeaderRecordingOTLPProxy:
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 proxy.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
                 forward = urllib.request.Request(proxy.upstream + self.path, data=body, method="POST",

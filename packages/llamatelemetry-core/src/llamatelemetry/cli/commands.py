@@ -367,6 +367,15 @@ def _doctor_report() -> dict[str, Any]:
         "plugins": plugins, "backends": backends, "load_drivers": sorted({s.name for s in pm.load_drivers().values()}),
         "conflicts": pm.conflicts(), "environment": telemetry,
     }
+    # What plugins would put on the resource (the platform, a Kaggle notebook's run type and GPUs, a
+    # rank): the hook's contract is local look-ups and no secrets, so it can be shown as is.
+    try:
+        from llamatelemetry.config import resolve_settings
+
+        info["resource_attributes"] = pm.resource_attributes(resolve_settings())
+    except Exception as exc:  # a bad OTEL_* variable is a finding of the doctor, not a crash of it
+        info["resource_attributes"] = {}
+        info["resource_attributes_error"] = f"{type(exc).__name__}: {exc}"
     checks = _doctor_checks(pm)
     for check in checks:
         # Each check's value also sits at the top level under its key (``llama_cpp_server_kinds``), unless taken.
@@ -411,6 +420,12 @@ def _doctor(args: argparse.Namespace) -> int:
     print("load drivers: " + (", ".join(info["load_drivers"]) or "none (every backend runs through its engine)"))
     for check in info["checks"]:
         print(f"{check['label']}: {check['text']}")
+    if info["resource_attributes"]:
+        print("\nresource attributes from plugins")
+        for name, value in sorted(info["resource_attributes"].items()):
+            print(f"  {name} = {', '.join(map(str, value)) if isinstance(value, list | tuple) else value}")
+    if info.get("resource_attributes_error"):
+        print(f"\nresource attributes: not read ({info['resource_attributes_error']})")
     if info["environment"]:
         print("\nenvironment")
         for name, value in info["environment"].items():
