@@ -38,12 +38,15 @@ def llamatelemetry_register_instrumentors() -> list[InstrumentorSpec]:
 
 @hookimpl
 def llamatelemetry_register_stages() -> list[StageSpec]:
-    """``quantize:dynamic`` (torch int8, CPU) and ``quantize:nf4`` (bitsandbytes 4-bit, CUDA)."""
+    """``quantize:dynamic`` (torch int8, CPU), ``quantize:nf4`` (bitsandbytes 4-bit) and ``export:gguf``."""
     return [
         StageSpec(name="dynamic", kind="quantize", factory="llamatelemetry_transformers.quantize:quantize_dynamic",
                   description="torch dynamic int8 quantization of nn.Linear layers (CPU)"),
         StageSpec(name="nf4", kind="quantize", factory="llamatelemetry_transformers.quantize:quantize_nf4",
-                  description="bitsandbytes 4-bit NF4/FP4 quantization (NVIDIA GPU)"),
+                  description="bitsandbytes 4-bit NF4/FP4 quantization (NVIDIA GPU, or the CPU with device_map='cpu')"),
+        StageSpec(name="gguf", kind="export", factory="llamatelemetry_transformers.gguf_export:export_gguf",
+                  description="a Hugging Face causal LM (Llama, Mistral, Qwen2) written to GGUF as f32/f16/bf16/q8_0; "
+                              "other architectures through llama.cpp's convert_hf_to_gguf.py"),
     ]
 
 

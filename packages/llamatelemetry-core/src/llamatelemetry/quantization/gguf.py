@@ -1,27 +1,66 @@
 """``convert_to_gguf``: export a model to GGUF through a registered ``export`` stage named ``gguf``.
 
-No llamatelemetry plugin provides that stage yet: converting a Hugging Face model to GGUF needs
-llama.cpp's ``convert_hf_to_gguf.py``. Until a plugin registers
-``StageSpec(kind="export", name="gguf", ...)``, ``convert_to_gguf`` raises ``GGUFNotAvailableError``
-(a ``NotImplementedError``) saying how to convert with llama.cpp's tools under a traced stage.
+The transformers plugin registers that stage (``StageSpec(kind="export", name="gguf", ...)``): it
+writes a Hugging Face causal LM (a local folder, or a model object and its tokenizer) to a GGUF
+file as ``f32``, ``f16``, ``bf16`` or ``q8_0`` with its own writer on the ``gguf`` package, or
+runs llama.cpp's ``convert_hf_to_gguf.py`` when pointed at it (``converter=`` or the
+``LLAMATELEMETRY_GGUF_CONVERTER`` environment variable). Without the plugin, ``convert_to_gguf``
+raises ``GGUFNotAvailableError`` (a ``NotImplementedError``) with the install command.
+
+The errors an export raises live here so that callers (the CLI, the quantize stage) catch them
+without importing a plugin.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llamatelemetry.quantization.stages import GGUFNotAvailableError
+from llamatelemetry.errors import LlamaTelemetryError
+from llamatelemetry.quantization.stages import GGUFNotAvailableError, QuantizationResult
 
 if TYPE_CHECKING:
     from llamatelemetry.pipeline.spans import PipelineContext, PipelineTracer
 
-__all__ = ["convert_to_gguf", "GGUFNotAvailableError"]
+__all__ = ["convert_to_gguf", "GGUFNotAvailableError", "GGUFExportError", "UnsupportedArchitectureError",
+           "UnsupportedTokenizerError", "GGUF_OUTTYPES"]
+
+#: The output types the export stage writes.
+GGUF_OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 
 
-def convert_to_gguf(model: Any, output_path: Any, *, outtype: str = "f16", ctx: PipelineContext | None = None,
-                    tracer: PipelineTracer | None = None, **options: Any) -> Any:
-    """Write ``model`` (an object or a local folder) to the GGUF file ``output_path`` with the registered stage."""
+class GGUFExportError(LlamaTelemetryError, RuntimeError):
+    """Writing a model to GGUF failed (the model's files, the tokenizer, or llama.cpp's converter)."""
+
+
+class UnsupportedArchitectureError(GGUFExportError, ValueError):
+    """The model's architecture is one neither llamatelemetry's GGUF writer nor the configured converter handles."""
+
+    def __init__(self, architecture: str, known: tuple[str, ...], converter_tried: bool = False) -> None:
+        self.architecture = architecture
+        self.known = known
+        what = ("llama.cpp's convert_hf_to_gguf.py did not convert it either (its output is above); check that "
+                "the llama.cpp checkout is recent enough to know this architecture" if converter_tried else
+                "point llamatelemetry at llama.cpp's own converter, which knows many more: pass "
+                "converter='/path/to/llama.cpp' (a checkout, or its convert_hf_to_gguf.py) or set "
+                "LLAMATELEMETRY_GGUF_CONVERTER to that path")
+        super().__init__(f"GGUF export does not know the architecture {architecture!r} (llamatelemetry's writer "
+                         f"handles {', '.join(known)}): {what}.")
+
+
+class UnsupportedTokenizerError(GGUFExportError, ValueError):
+    """The model's tokenizer is of a kind llamatelemetry's GGUF writer cannot write faithfully."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"{detail}. Convert this model with llama.cpp's own converter: pass "
+                         "converter='/path/to/llama.cpp' or set LLAMATELEMETRY_GGUF_CONVERTER.")
+
+
+def convert_to_gguf(model: Any, output_path: Any = None, *, outtype: str = "f16",
+                    ctx: PipelineContext | None = None, tracer: PipelineTracer | None = None,
+                    **options: Any) -> QuantizationResult:
+    """Write ``model`` (a local folder, or a model object with ``tokenizer=``) to the GGUF file ``output_path``."""
     from llamatelemetry.quantization.pipeline import find_stage
 
     stage = find_stage("export", "gguf").load()
-    return stage(model, output_path, outtype=outtype, ctx=ctx, tracer=tracer, **options)
+    result: QuantizationResult = stage(model, output_path, outtype=outtype, ctx=ctx, tracer=tracer, **options)
+    return result
