@@ -106,6 +106,7 @@ def keyed_server(smollm2_gguf: Path) -> Iterator[LoadingServer]:
         proc.wait()
 
 
+@pytest.mark.may_skip("timing: the model may finish loading before the first request sees the 503")
 def test_503_while_the_model_loads(keyed_server: LoadingServer, telemetry: InMemoryTelemetry) -> None:
     """While loading, llama.cpp answers 503: ServerLoadingError without retries; retries wait it out."""
     with LlamaCppClient(keyed_server.url, retries=0) as c:
