@@ -56,6 +56,11 @@ def _model_name(llama_server: Any) -> str:
     return Path(llama_server.model_path).stem
 
 
+def _call_spans(t: InMemoryTelemetry) -> list[Any]:
+    """The calls' spans, without a streamed call's prefill/decode phase children."""
+    return [s for s in t.spans() if s.name not in (names.SPAN_PREFILL, names.SPAN_DECODE)]
+
+
 def _attrs(span: Any) -> dict[str, Any]:
     return dict(span.attributes or {})
 
@@ -201,7 +206,8 @@ def test_abandoned_stream_still_ends_its_span(client: LlamaCppClient, telemetry:
     for chunk in stream:
         if chunk.delta_text:
             break
-    assert telemetry.spans() == []  # still open while the stream lives
+    # Still open while the stream lives: only its prefill phase ended, at the first chunk.
+    assert [s.name for s in telemetry.spans()] == [names.SPAN_PREFILL]
     del stream, chunk
     gc.collect()
 
@@ -221,7 +227,7 @@ def test_closing_a_stream_ends_its_span(client: LlamaCppClient, telemetry: InMem
         next(stream)
     assert stream.closed and stream.stats.closed_early
     assert list(stream) == []
-    (span,) = telemetry.spans()
+    (span,) = _call_spans(telemetry)
     assert _attrs(span)[core_names.STREAM_CLOSED_EARLY] is True
     assert _wait_until_idle(client)
 
@@ -306,7 +312,7 @@ def test_async_client(llama_server: Any, telemetry: InMemoryTelemetry) -> None:
 
     resp, texts = asyncio.run(main())
     assert resp.usage is not None and resp.usage.completion_tokens == 3 and all(texts)
-    spans = telemetry.spans()
+    spans = _call_spans(telemetry)
     assert [s.name for s in spans] == [f"chat {_model_name(llama_server)}"] * 5
     streamed = [_attrs(s) for s in spans if _attrs(s).get(gen_ai.GEN_AI_REQUEST_STREAM)]
     assert len(streamed) == 4
@@ -324,7 +330,7 @@ def test_content_capture_is_opt_in(llama_server: Any) -> None:
         resp = c.chat.create(messages=messages, max_tokens=3, temperature=0.0)
         streamed = "".join(chunk.delta_text
                            for chunk in c.chat.create(messages=HELLO, max_tokens=3, temperature=0.0, stream=True))
-    plain, stream_span = t.spans()
+    plain, stream_span = _call_spans(t)
     attributes = _attrs(plain)
     assert json.loads(attributes[gen_ai.GEN_AI_SYSTEM_INSTRUCTIONS]) == [{"type": "text", "content": "Be brief."}]
     assert json.loads(attributes[gen_ai.GEN_AI_INPUT_MESSAGES])[0]["parts"][0]["content"] == "Say hello."
@@ -357,7 +363,7 @@ def test_request_hooks_run_for_client_calls(llama_server: Any) -> None:
     assert request.messages == HELLO and request.max_tokens == 3 and request.stream
     assert request.sampling.temperature == 0.0
     assert result.text == text and result.output_tokens == 3 and result.ttft_ms is not None
-    assert _attrs(t.spans()[0])["app.tenant"] == "t1"
+    assert _attrs(_call_spans(t)[0])["app.tenant"] == "t1"
 
 
 # ----------------------------------------------------------------------------------- embeddings and utilities

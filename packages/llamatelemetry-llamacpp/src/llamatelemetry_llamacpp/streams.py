@@ -3,7 +3,9 @@
 A stream ends exactly once: exhausted, closed (``close()``, ``aclose()``, leaving a ``with``
 block), failed, or abandoned and garbage-collected; ending it closes the connection (so the
 server stops generating) and ends the call's recording. While iterating, only the parser's one
-timestamp per chunk is taken; everything else is computed at the end.
+timestamp per chunk is taken; everything else is computed at the end, except that the first
+output chunk tells the recording (``output_started``), so the call's prefill phase span ends in
+real time.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class _StreamBase:
         self._transport = transport
         self._closed_early = False
         self._ended_at: float | None = None
+        #: Until the first output chunk: tell the recording when it arrives (one flag test per chunk).
+        self._awaiting_output = recording.generation.active
 
     @property
     def stats(self) -> StreamStats:
@@ -56,6 +60,10 @@ class _StreamBase:
         self._ended_at = time.perf_counter()
         self._closed_early = closed_early
         self._recording.end(self._parser, error, ended_at=self._ended_at, closed_early=closed_early)
+
+    def _output_arrived(self) -> None:
+        self._awaiting_output = False
+        self._recording.output_started(self._parser)
 
     def _failure(self, exc: BaseException) -> BaseException:
         return self._transport.stream_failure(exc, self._parser.path)
@@ -83,6 +91,8 @@ class Stream(_StreamBase):
                 for line in self._lines:
                     chunk = parser.feed(line)
                     if chunk is not None:
+                        if self._awaiting_output and parser.stamps:
+                            self._output_arrived()
                         return chunk
                     if parser.done:
                         break
@@ -152,6 +162,8 @@ class AsyncStream(_StreamBase):
                         raise parser.truncated() from None
                     chunk = parser.feed(line)
                     if chunk is not None:
+                        if self._awaiting_output and parser.stamps:
+                            self._output_arrived()
                         return chunk
                     if parser.done:
                         break

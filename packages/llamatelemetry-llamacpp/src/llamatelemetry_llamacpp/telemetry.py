@@ -6,6 +6,12 @@ model, server, stream, the payload's sampling attributes, the prompt messages, a
 for the ``InferenceRequest`` the request hooks see) and, at the end, marks the chunk stamps the
 parser took and finishes with an ``InferenceResult`` or fails with the error.
 
+A streamed call's generation has the recorder's real-time phase spans (``llama_cpp.prefill`` from
+the send to the first output chunk, ``llama_cpp.decode`` from there to the end): the stream calls
+``output_started`` as its first output chunk arrives. The server's own ``timings`` go on them as
+attributes beside the client's clock (the prompt figures on the prefill span when the first chunk
+carried them, the generation figures on the decode span), and all of them on the call's span.
+
 A recording may also be *borrowed*: a backend running under an engine marks its stream's chunks
 on the engine's generation (``CallRecording.within(current_generation())``) and leaves ending
 it to the engine.
@@ -16,11 +22,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final
 
 from llamatelemetry.inference.recording import Generation, start_generation
 from llamatelemetry.semconv import gen_ai
+from llamatelemetry_llamacpp import semconv as names
 from llamatelemetry_llamacpp.payloads import ApiCall
 from llamatelemetry_llamacpp.sse import Outcome, stats_of
 from llamatelemetry_llamacpp.transport import Endpoint
@@ -34,6 +41,11 @@ log = logging.getLogger("llamatelemetry.llama_cpp")
 
 #: ``gen_ai.provider.name`` of the client's spans.
 PROVIDER: Final = gen_ai.PROVIDER_LLAMA_CPP
+#: The server's timings that describe each phase (the prompt's on the prefill span, the rest on the decode span).
+_PREFILL_TIMINGS: Final = frozenset({names.TIMINGS_CACHE_N, names.TIMINGS_PROMPT_N, names.TIMINGS_PROMPT_MS,
+                                     names.TIMINGS_PROMPT_PER_SECOND})
+_DECODE_TIMINGS: Final = frozenset({names.TIMINGS_PREDICTED_N, names.TIMINGS_PREDICTED_MS,
+                                    names.TIMINGS_PREDICTED_PER_SECOND})
 
 
 class CallRecording:
@@ -49,12 +61,13 @@ class CallRecording:
         self.started = generation.started if generation.active else time.perf_counter()
 
     @classmethod
-    def start(cls, call: ApiCall, endpoint: Endpoint, model: str | None) -> CallRecording:
-        """Start recording ``call`` as a CLIENT generation (inactive when telemetry is off)."""
+    def start(cls, call: ApiCall, endpoint: Endpoint, model: str | None,
+              attributes: Mapping[str, Any] | None = None) -> CallRecording:
+        """Start recording ``call`` as a CLIENT generation (inactive when telemetry is off); ``attributes`` go on it."""
         generation = start_generation(
             lambda: call.inference_request(model), provider=PROVIDER, operation=call.operation, model=model,
             server_address=endpoint.address, server_port=endpoint.port, kind="client", stream=call.stream,
-            sampling=call.sampling(), input_messages=call.input_messages(),
+            sampling=call.sampling(), input_messages=call.input_messages(), attributes=attributes,
         )
         return cls(generation, owned=True)
 
@@ -72,6 +85,20 @@ class CallRecording:
         """Make the generation's span current for a block (so instrumented HTTP libraries nest under it)."""
         return self.generation.use() if self.owned else contextlib.nullcontext(self.generation)
 
+    def output_started(self, outcome: Outcome) -> None:
+        """The stream's first output chunk arrived: the prefill phase span ends now. Never raises."""
+        generation = self.generation
+        if not generation.active or not outcome.stamps:
+            return
+        try:
+            timings = outcome.timings() if outcome.timings_json is not None else None
+            prompt_side = ({key: value for key, value in timings.attributes().items() if key in _PREFILL_TIMINGS}
+                           if timings is not None else None)
+        except Exception:  # telemetry never reaches the caller: the phase ends without the server's figures
+            log.debug("reading the first chunk's timings for telemetry failed", exc_info=True)
+            prompt_side = None
+        generation.output_started(outcome.stamps[0], attributes=prompt_side)
+
     def end(self, outcome: Outcome | None, error: BaseException | None, *, ended_at: float | None = None,
             closed_early: bool = False) -> None:
         """Mark the outcome's chunks, then finish (or fail) the generation if this call owns it. Never raises."""
@@ -87,12 +114,15 @@ class CallRecording:
         if error is not None:
             generation.fail(error)
             return
+        decode_side: dict[str, object] | None = None
         try:
             result = self._result(outcome, ended_at)
+            if result is not None and generation.stream:
+                decode_side = {key: value for key, value in result.attributes.items() if key in _DECODE_TIMINGS}
         except Exception:  # telemetry never reaches the caller: the generation ends without the figures
             log.warning("reading a llama.cpp response's figures for telemetry failed", exc_info=True)
             result = None
-        generation.finish(result, closed_early=closed_early)
+        generation.finish(result, closed_early=closed_early, phase_attributes=decode_side)
 
     def _result(self, outcome: Outcome | None, ended_at: float | None) -> InferenceResult | None:
         if outcome is None:

@@ -21,6 +21,13 @@ Example (a client library recording its own calls)::
             generation.finish(result)
             return result
 
+A streamed generation over the network (``kind="client"``) also gets two real-time child spans
+for the phases its caller can observe: ``{provider}.prefill`` from the start to the first output
+chunk (waiting for the first token: network, queue and prompt processing) and ``{provider}.decode``
+from the first output chunk to the end. They carry the names of the in-process backends' own
+phase spans (``llama_cpp.prefill``, ``transformers.decode``, ...), so a waterfall reads the same
+in both modes; each is started and ended as its phase starts and ends, never back-dated.
+
 Telemetry failures never reach the caller: a recorder error is logged once and the
 generation goes on unrecorded.
 """
@@ -55,7 +62,8 @@ from llamatelemetry.semconv.mapping import (
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-__all__ = ["Generation", "start_generation", "current_generation", "telemetry_active", "request_from_payload"]
+__all__ = ["Generation", "start_generation", "current_generation", "telemetry_active", "request_from_payload",
+           "phase_span_name"]
 
 log = logging.getLogger("llamatelemetry.inference")
 
@@ -68,6 +76,16 @@ _METRIC_KEYS: Final = (gen_ai.GEN_AI_OPERATION_NAME, gen_ai.GEN_AI_PROVIDER_NAME
 _current: contextvars.ContextVar[Generation | None] = contextvars.ContextVar(
     "llamatelemetry_current_generation", default=None)
 _failures_logged: set[str] = set()
+
+
+def phase_span_name(provider: str, phase: str) -> str:
+    """The name of a generation phase's span: ``{gen_ai.provider.name}.{phase}`` (``llama_cpp.prefill``)."""
+    return f"{provider}.{phase}"
+
+
+def _wall_ns(at: float) -> int:
+    """The ``time.time_ns()`` of a ``time.perf_counter()`` reading taken moments ago."""
+    return time.time_ns() - int((time.perf_counter() - at) * 1e9)
 
 
 def telemetry_active() -> bool:
@@ -145,6 +163,9 @@ class Generation:
         "_hooks",
         "_input_messages",
         "_metric_attributes",
+        "_phase",
+        "_phase_span",
+        "_provider",
         "_request",
         "_scopes",
         "_wants_result",
@@ -181,6 +202,10 @@ class Generation:
         self._input_messages = input_messages
         self._ended = False
         self._scopes: list[_Current] = []
+        #: The open phase span and its phase (``None``: no phase spans for this generation, or all ended).
+        self._phase_span: Span | None = None
+        self._phase: str | None = None
+        self._provider = str(metric_attributes.get(gen_ai.GEN_AI_PROVIDER_NAME) or "gen_ai")
 
     # ------------------------------------------------------------------ state
 
@@ -212,6 +237,55 @@ class Generation:
     def chunk(self, at: float | None = None) -> None:
         """Mark a streamed chunk that carried output, now or at ``at`` (a ``time.perf_counter()`` value)."""
         self.stamps.append(time.perf_counter() if at is None else at)
+        if self._phase == names.PHASE_PREFILL:
+            self.output_started(at)
+
+    def output_started(self, at: float | None = None, *, attributes: Mapping[str, Any] | None = None) -> None:
+        """The first output arrived (now, or at ``at``): end the prefill phase span and open the decode one.
+
+        For integrations that take their chunk stamps themselves and mark them on the generation
+        later: call it as the first output chunk arrives, so the phase spans end in real time
+        (``chunk()`` does it by itself on the first chunk). ``attributes`` go on the prefill span
+        before it ends (the server's prompt timings, when the first chunk carried them). Does
+        nothing when the generation has no phase spans or the phase is over. Never raises.
+        """
+        if self._phase != names.PHASE_PREFILL:
+            return
+        try:
+            self._switch_phase(at, attributes)
+        except Exception:
+            self._phase = None
+            _telemetry_failed("recording a generation's phases")
+
+    def _open_phase(self, phase: str, start_time_ns: int | None) -> None:
+        from opentelemetry import trace
+
+        self._phase_span = _runtime.get_tracer().start_span(
+            phase_span_name(self._provider, phase), context=trace.set_span_in_context(self.span),
+            attributes={names.PHASE: phase}, start_time=start_time_ns)
+        self._phase = phase
+
+    def _switch_phase(self, at: float | None, attributes: Mapping[str, Any] | None) -> None:
+        span = self._phase_span
+        at_ns = _wall_ns(at) if at is not None else time.time_ns()
+        if span is not None:
+            if attributes and span.is_recording():
+                span.set_attributes(attributes)
+            span.end(end_time=at_ns)
+        self._open_phase(names.PHASE_DECODE, at_ns)
+
+    def _end_phase(self, error: BaseException | None, attributes: Mapping[str, Any] | None,
+                   end_time_ns: int | None) -> None:
+        span = self._phase_span
+        self._phase_span = self._phase = None
+        if span is None:
+            return
+        if span.is_recording():
+            if attributes:
+                span.set_attributes(attributes)
+            if error is not None:
+                record_error(span, error)
+        span.end(end_time=end_time_ns)
 
     def use(self) -> contextlib.AbstractContextManager[Generation]:
         """Make the span (and this generation) current for a block, without ending anything."""
@@ -220,19 +294,27 @@ class Generation:
     # ------------------------------------------------------------------ the end
 
     def finish(self, result: InferenceResult | None = None, *, attributes: Mapping[str, Any] | None = None,
-               closed_early: bool = False, end_time_ns: int | None = None, capture_content: bool = True) -> None:
+               closed_early: bool = False, end_time_ns: int | None = None, capture_content: bool = True,
+               phase_attributes: Mapping[str, Any] | None = None) -> None:
         """End the generation as a success described by ``result`` (``None``: nothing was measured).
 
         ``attributes`` are extra response attributes for the span (they win over the result's).
         ``closed_early`` says a stream was closed by its reader before its end. ``capture_content``
         false keeps the content off the span even when capture is on (a batch, whose one text
-        cannot stand for several sequences). Never raises.
+        cannot stand for several sequences). ``phase_attributes`` go on the phase span still open
+        (the decode one, when output arrived). Never raises.
         """
         if self._ended:
             return
         self._ended = True
         elapsed = time.perf_counter() - self.started
         try:
+            if self._phase_span is not None:
+                extra = dict(phase_attributes or {})
+                if (self._phase == names.PHASE_DECODE and result is not None and result.output_tokens
+                        and names.PHASE_TOKENS not in extra):
+                    extra[names.PHASE_TOKENS] = result.output_tokens - 1  # the decode phase's: after the first
+                self._end_phase(None, extra, end_time_ns)
             self._finish(result, attributes, closed_early, elapsed, end_time_ns, capture_content)
         except Exception:
             _telemetry_failed("ending a generation")
@@ -247,6 +329,8 @@ class Generation:
         elapsed = time.perf_counter() - self.started
         try:
             span = self.span
+            if self._phase_span is not None:
+                self._end_phase(error, None, end_time_ns)
             self._record_chunks(self._metric_attributes)
             if (self.stream or self.stamps) and span.is_recording():
                 # What streamed before the failure belongs to the failed generation's record too.
@@ -400,6 +484,9 @@ class _InactiveGeneration(Generation):
         self.server_side = False
         self.started = 0.0
         self._scopes = []
+        self._phase_span = None
+        self._phase = None
+        self._provider = "gen_ai"
 
     @property
     def active(self) -> bool:
@@ -418,11 +505,15 @@ class _InactiveGeneration(Generation):
     def chunk(self, at: float | None = None) -> None:
         return None
 
+    def output_started(self, at: float | None = None, *, attributes: Mapping[str, Any] | None = None) -> None:
+        return None
+
     def use(self) -> contextlib.AbstractContextManager[Generation]:
         return contextlib.nullcontext(self)
 
     def finish(self, result: InferenceResult | None = None, *, attributes: Mapping[str, Any] | None = None,
-               closed_early: bool = False, end_time_ns: int | None = None, capture_content: bool = True) -> None:
+               closed_early: bool = False, end_time_ns: int | None = None, capture_content: bool = True,
+               phase_attributes: Mapping[str, Any] | None = None) -> None:
         return None
 
     def fail(self, error: BaseException, *, end_time_ns: int | None = None) -> None:
@@ -456,6 +547,7 @@ def start_generation(
     input_messages: Sequence[Mapping[str, Any]] | None = None,
     server_side: bool | None = None,
     start_time_ns: int | None = None,
+    phases: bool | None = None,
 ) -> Generation:
     """Start recording one generation and return its ``Generation`` (inactive when telemetry is off).
 
@@ -468,14 +560,16 @@ def start_generation(
     ...) when there is no ``InferenceRequest``: the recorder maps them to ``gen_ai.request.*``.
     ``attributes`` are extra request attributes of the integration's own. ``input_messages`` are the prompt messages
     for content capture when there is no ``InferenceRequest``. ``server_side`` (default: in-process,
-    ``kind == "internal"``) also records the ``gen_ai.server.*`` metrics. The span is not made
-    current: use the generation as a context manager, or ``use()``, for that.
+    ``kind == "internal"``) also records the ``gen_ai.server.*`` metrics. ``phases`` (default: a
+    streamed ``"client"`` generation) opens the real-time ``{provider}.prefill`` / ``{provider}.decode``
+    child spans (see ``Generation.output_started``); in-process backends make their own. The span
+    is not made current: use the generation as a context manager, or ``use()``, for that.
     """
     if not telemetry_active():
         return _NOOP
     try:
         return _start(request, provider, operation, model, server_address, server_port, kind, stream,
-                      sampling, attributes, input_messages, server_side, start_time_ns)
+                      sampling, attributes, input_messages, server_side, start_time_ns, phases)
     except Exception:
         _telemetry_failed("starting a generation")
         return _NOOP
@@ -485,7 +579,7 @@ def _start(source: RequestSource, provider: str, operation: str | None, model: s
            server_address: str | None, server_port: int | None, kind: str, stream: bool | None,
            sampling: Mapping[str, Any] | None, extra: Mapping[str, Any] | None,
            input_messages: Sequence[Mapping[str, Any]] | None,
-           server_side: bool | None, start_time_ns: int | None) -> Generation:
+           server_side: bool | None, start_time_ns: int | None, phases: bool | None) -> Generation:
     from opentelemetry.trace import SpanKind
 
     known = source if isinstance(source, InferenceRequest) else None
@@ -530,4 +624,6 @@ def _start(source: RequestSource, provider: str, operation: str | None, model: s
     if hooks:
         pm.request_start(span, request)
         generation.started = time.perf_counter()  # the hooks' own time is not the generation's
+    if (phases if phases is not None else streaming and kind == "client") and span.is_recording():
+        generation._open_phase(names.PHASE_PREFILL, getattr(span, "start_time", None))
     return generation
