@@ -50,3 +50,8 @@ class TestConformance(BackendConformance):
     @pytest.fixture
     def backend(self, llama_server: Any) -> Any:
         return example.OpenAICompatibleBackend(llama_server.base_url)
+
+    @pytest.mark.may_skip("opt-in check: the example, like a new plugin, defines no context_window fixture")
+    def test_context_overflow_is_the_core_error(self, started: Any, context_window: int | None,
+                                                conformance_messages: list[dict[str, Any]]) -> None:
+        super().test_context_overflow_is_the_core_error(started, context_window, conformance_messages)

@@ -120,6 +120,7 @@ def test_a_model_without_linear_layers_is_refused_clearly() -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+@pytest.mark.may_skip("runs only on a machine without CUDA")
 def test_nf4_without_cuda_says_what_to_use_instead(llama: Any) -> None:
     with pytest.raises(QuantizationUnavailableError, match="quantize_dynamic"):
         QuantizationPipeline().run(llama, quant_type="nf4")
