@@ -6,6 +6,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer, TracerProvider
 
     from llamatelemetry.otel.export import ExportStats, QueueingSpanProcessor
+    from llamatelemetry.otel.retry import RetryingMetricExporter, RetryingSpanExporter, RetryPolicy
     from llamatelemetry.semconv.content import CaptureMode
     from llamatelemetry.semconv.metrics import GenAIMetrics
 
@@ -48,6 +50,11 @@ class Telemetry:
     meter: Meter
     metrics: GenAIMetrics
     is_shut_down: bool = False
+    #: Metric data points: exported, dropped, undelivered (``export_stats`` counts spans).
+    metric_export_stats: ExportStats | None = None
+    span_retry: RetryingSpanExporter | None = None
+    metric_retry: RetryingMetricExporter | None = None
+    _deadline: float | None = attrs.field(default=None, init=False)
 
     @property
     def capture_content(self) -> CaptureMode:
@@ -66,11 +73,21 @@ class Telemetry:
         return ok
 
     def shutdown(self) -> None:
-        """Stop plugins' background work, flush, and shut down the providers llamatelemetry created."""
+        """Stop plugins' background work, flush, and shut down the providers llamatelemetry created.
+
+        Delivery of what is still buffered is bounded by ``settings.shutdown_timeout_s`` (default
+        2 s) whatever the collector does; what could not be delivered is counted and reported in one
+        log line (a warning when anything was lost).
+        """
         with _lock:
             if self.is_shut_down:
                 return
             self.is_shut_down = True
+        # One deadline for both signals, so an unreachable collector costs the timeout once, not per signal.
+        deadline = self._deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        for part in (self.span_processor, self.span_retry, self.metric_retry):
+            if part is not None:
+                part.set_deadline(deadline)
         from llamatelemetry.plugins import get_plugin_manager
 
         try:
@@ -85,10 +102,28 @@ class Telemetry:
                 action()
             except Exception:
                 log.warning("llamatelemetry failed to flush %s at shutdown", what, exc_info=True)
+        for retry in (self.span_retry, self.metric_retry):
+            if retry is not None:  # already closed by its provider, unless the provider gave up early
+                retry.buffer.close(deadline)
+        self._report()
         global _current
         with _lock:
             if _current is self:
                 _current = None
+
+    def _report(self) -> None:
+        # One line for the whole export path; a warning when anything was lost, else for -v logs only.
+        parts = []
+        lost = False
+        for signal, stats, unit in (("traces", self.export_stats if self.span_processor is not None else None, "spans"),
+                                    ("metrics", self.metric_export_stats, "points")):
+            if stats is None:
+                continue
+            lost = lost or bool(stats.dropped or stats.undelivered)
+            parts.append(f"{signal}: {stats.exported} {unit} exported, {stats.dropped} dropped, "
+                         f"{stats.undelivered} undelivered")
+        if parts:
+            log.log(logging.WARNING if lost else logging.INFO, "llamatelemetry export report: %s", "; ".join(parts))
 
     def _shutdown_traces(self) -> None:
         if self.owns_tracer_provider:
@@ -98,7 +133,9 @@ class Telemetry:
 
     def _shutdown_metrics(self) -> None:
         if self.owns_meter_provider:
-            self.meter_provider.shutdown()  # type: ignore[attr-defined]
+            left = self._deadline - time.monotonic() if self._deadline is not None else self.settings.shutdown_timeout_s
+            # A floor, so the reader still runs its last collection (into the buffer) and closes its exporter.
+            self.meter_provider.shutdown(timeout_millis=1000 * max(left, 0.05))  # type: ignore[attr-defined]
 
 
 _lock = threading.RLock()
@@ -184,6 +221,9 @@ def init(
     metric_readers: Iterable[MetricReader] = (),
     span_processors: Iterable[Any] = (),
     set_global_providers: bool = True,
+    shutdown_timeout: float | None = None,
+    export_buffer_size: int | None = None,
+    export_retry: RetryPolicy | None = None,
 ) -> Telemetry:
     """Set up tracing and metrics for LLM inference and return the telemetry handle.
 
@@ -192,6 +232,11 @@ def init(
     are used, not replaced, unless ``use_existing_providers=False``. Calling ``init()`` again
     while initialized returns the live handle unchanged (call ``shutdown()`` first to change
     settings). See the configuration docs for every argument and variable.
+
+    A bad argument raises ``ConfigurationError`` naming it and the expected form. OTLP exports
+    are buffered (``export_buffer_size`` spans, and as many metric points) and retried with
+    backoff (``export_retry``) while the collector is unreachable; ``shutdown()`` and interpreter
+    exit wait at most ``shutdown_timeout`` seconds (default 2) for the rest.
     """
     global _current, _atexit_registered
     settings = resolve_settings(
@@ -201,10 +246,18 @@ def init(
         output_file=output_file, resource_attributes=resource_attributes, sampler=sampler,
         sampler_arg=sampler_arg, capture_content=capture_content, semconv_compat=semconv_compat,
         enable_gpu=enable_gpu, enable_nccl=enable_nccl, metric_export_interval_ms=metric_export_interval_ms,
-        use_existing_providers=use_existing_providers,
+        use_existing_providers=use_existing_providers, shutdown_timeout=shutdown_timeout,
+        export_buffer_size=export_buffer_size,
     )
-    if span_queue_size < 1:
-        raise ConfigurationError(f"span_queue_size={span_queue_size} must be at least 1.")
+    if isinstance(span_queue_size, bool) or not isinstance(span_queue_size, int) or span_queue_size < 1:
+        raise ConfigurationError(f"init(span_queue_size={span_queue_size!r}) is invalid: give a positive whole "
+                                 "number of spans (default 8192).")
+    if export_retry is not None:
+        from llamatelemetry.otel.retry import RetryPolicy as _RetryPolicy
+
+        if not isinstance(export_retry, _RetryPolicy):
+            raise ConfigurationError(f"init(export_retry={export_retry!r}) is invalid: pass a "
+                                     "llamatelemetry.otel.retry.RetryPolicy(...) or None.")
     from llamatelemetry.plugins import get_plugin_manager
 
     pm = get_plugin_manager()
@@ -218,7 +271,7 @@ def init(
                         "telemetry (call llamatelemetry.shutdown() first to change its settings)")
             return _current
         telemetry = _start(settings, pm, span_queue_size, tuple(metric_readers), tuple(span_processors),
-                           set_global_providers)
+                           set_global_providers, export_retry)
         _current = telemetry
         if not _atexit_registered:
             atexit.register(_shutdown_at_exit)
@@ -236,7 +289,7 @@ def init(
 
 
 def _start(settings: TelemetrySettings, pm: Any, queue_size: int, readers: tuple[Any, ...],
-           processors: tuple[Any, ...], set_global: bool) -> Telemetry:
+           processors: tuple[Any, ...], set_global: bool, retry_policy: RetryPolicy | None) -> Telemetry:
     from opentelemetry import metrics as metrics_api
     from opentelemetry import trace as trace_api
     from opentelemetry.sdk.metrics import MeterProvider
@@ -245,11 +298,14 @@ def _start(settings: TelemetrySettings, pm: Any, queue_size: int, readers: tuple
 
     from llamatelemetry.otel.export import ExportStats, PluginSpanExporter, QueueingSpanProcessor
     from llamatelemetry.otel.exporters import build_metric_exporter, build_span_exporter
+    from llamatelemetry.otel.retry import RetryingMetricExporter, RetryingSpanExporter, RetryPolicy
     from llamatelemetry.otel.sampling import configure_sampler
     from llamatelemetry.semconv import gen_ai
     from llamatelemetry.semconv.metrics import GenAIMetrics
 
     stats = ExportStats()
+    metric_stats = ExportStats()
+    policy = retry_policy or RetryPolicy()
     if not settings.enabled:
         # OTEL_SDK_DISABLED=true: no-op providers, nothing exported, nothing made global.
         noop_tp, noop_mp = trace_api.NoOpTracerProvider(), metrics_api.NoOpMeterProvider()
@@ -270,11 +326,20 @@ def _start(settings: TelemetrySettings, pm: Any, queue_size: int, readers: tuple
         exporter_kind = "none"
     span_exporter = build_span_exporter(
         exporter_kind, endpoint=settings.traces.endpoint, protocol=settings.traces.protocol,
-        headers=settings.traces.headers, output_file=settings.output_file,
+        headers=settings.traces.headers, output_file=settings.output_file, timeout_s=policy.timeout_s,
+        retry=False,
     )
+    span_retry: RetryingSpanExporter | None = None
     if span_exporter is not None:
-        span_processor = QueueingSpanProcessor(PluginSpanExporter(span_exporter, pm, stats),
-                                               max_queue_size=queue_size, stats=stats)
+        if exporter_kind == "otlp":
+            # The network can fail: buffer and retry here (the OTLP exporter makes one attempt per send).
+            span_retry = RetryingSpanExporter(span_exporter, stats, buffer_size=settings.export_buffer_size,
+                                              policy=policy, shutdown_timeout_s=settings.shutdown_timeout_s)
+        span_processor = QueueingSpanProcessor(
+            PluginSpanExporter(span_retry or span_exporter, pm, stats), max_queue_size=queue_size, stats=stats,
+            shutdown_timeout_s=settings.shutdown_timeout_s, report_at_shutdown=False,
+            exporter_counts=span_retry is not None,
+        )
     if app_tp is not None:
         tracer_provider, owns_tp = app_tp, False
         if span_processor is not None or processors:
@@ -287,7 +352,8 @@ def _start(settings: TelemetrySettings, pm: Any, queue_size: int, readers: tuple
                     app_tp.add_span_processor(processor)
     else:
         sampler = configure_sampler(settings.sampler or "parentbased_always_on", settings.sampler_arg)
-        tracer_provider = TracerProvider(resource=resource, sampler=sampler)
+        # shutdown_on_exit=False: our own atexit handler shuts down within the deadline, once for both signals.
+        tracer_provider = TracerProvider(resource=resource, sampler=sampler, shutdown_on_exit=False)
         setattr(tracer_provider, _OWNED_MARK, True)
         owns_tp = True
         for processor in (span_processor, *processors):
@@ -297,6 +363,7 @@ def _start(settings: TelemetrySettings, pm: Any, queue_size: int, readers: tuple
             trace_api.set_tracer_provider(tracer_provider)
 
     # ---- metrics
+    metric_retry: RetryingMetricExporter | None = None
     app_mp = _app_meter_provider() if settings.use_existing_providers else None
     metric_kind = settings.metrics.exporter
     if app_mp is not None:
@@ -308,12 +375,18 @@ def _start(settings: TelemetrySettings, pm: Any, queue_size: int, readers: tuple
         all_readers = list(readers)
         metric_exporter = build_metric_exporter(
             metric_kind, endpoint=settings.metrics.endpoint, protocol=settings.metrics.protocol,
-            headers=settings.metrics.headers, output_file=settings.output_file,
+            headers=settings.metrics.headers, output_file=settings.output_file, timeout_s=policy.timeout_s,
+            retry=False,
         )
         if metric_exporter is not None:
+            if metric_kind == "otlp":
+                metric_retry = RetryingMetricExporter(
+                    metric_exporter, metric_stats, buffer_size=settings.export_buffer_size, policy=policy,
+                    shutdown_timeout_s=settings.shutdown_timeout_s)
+                metric_exporter = metric_retry
             all_readers.append(PeriodicExportingMetricReader(
                 metric_exporter, export_interval_millis=settings.metric_export_interval_ms))
-        meter_provider = MeterProvider(resource=resource, metric_readers=all_readers)
+        meter_provider = MeterProvider(resource=resource, metric_readers=all_readers, shutdown_on_exit=False)
         setattr(meter_provider, _OWNED_MARK, True)
         owns_mp = True
         if set_global and _global_unset(metrics_api.get_meter_provider()):
@@ -321,17 +394,20 @@ def _start(settings: TelemetrySettings, pm: Any, queue_size: int, readers: tuple
 
     tracer = tracer_provider.get_tracer(INSTRUMENTATION_NAME, __version__, schema_url=gen_ai.SCHEMA_URL)
     meter = meter_provider.get_meter(INSTRUMENTATION_NAME, __version__, schema_url=gen_ai.SCHEMA_URL)
-    _create_pipeline_metrics(meter, stats)
+    _create_pipeline_metrics(meter, stats, metric_stats)
     return Telemetry(
         settings=settings, tracer_provider=tracer_provider, meter_provider=meter_provider,
         owns_tracer_provider=owns_tp, owns_meter_provider=owns_mp, span_processor=span_processor,
         export_stats=stats, tracer=tracer, meter=meter, metrics=GenAIMetrics.create(meter),
+        metric_export_stats=metric_stats if metric_retry is not None else None, span_retry=span_retry,
+        metric_retry=metric_retry,
     )
 
 
-def _create_pipeline_metrics(meter: Meter, stats: ExportStats) -> None:
+def _create_pipeline_metrics(meter: Meter, stats: ExportStats, metric_stats: ExportStats) -> None:
     from opentelemetry.metrics import CallbackOptions, Observation
 
+    from llamatelemetry.otel.retry import EXPORT_DROPPED
     from llamatelemetry.semconv import llamatelemetry as names
 
     def counter(name: str, field: str, description: str) -> None:
@@ -343,6 +419,16 @@ def _create_pipeline_metrics(meter: Meter, stats: ExportStats) -> None:
     counter(names.TELEMETRY_SPANS_EXPORTED, "exported", "Spans llamatelemetry exported.")
     counter(names.TELEMETRY_SPANS_DROPPED, "dropped", "Spans dropped because the export queue was full.")
     counter(names.TELEMETRY_EXPORT_FAILURES, "failed", "Spans the exporter failed to send.")
+
+    def dropped(options: CallbackOptions) -> list[Observation]:
+        # Read at each collection, so counts from an outage go out with the first export after it.
+        return [Observation(count, {"signal": signal, "reason": reason})
+                for signal, source in (("traces", stats), ("metrics", metric_stats))
+                for reason, count in sorted(source.dropped_by_reason.items())]
+
+    meter.create_observable_counter(EXPORT_DROPPED, callbacks=[dropped], unit="{item}",
+                                    description="Spans (signal=traces) and metric data points (signal=metrics) "
+                                                "the export path dropped, by reason.")
 
 
 def shutdown() -> None:

@@ -3,11 +3,21 @@
 Precedence, highest first: an ``init()`` argument, a ``LLAMATELEMETRY_*`` variable, the standard
 ``OTEL_*`` variable, the default. Per-signal OTLP variables win over the general ones, as the
 OpenTelemetry specification says.
+
+Bad values, as the OpenTelemetry SDK treats them: an ``init()`` argument raises
+``ConfigurationError`` naming the value and the expected form (the code that passed it can be
+fixed); an environment variable that names a component which does not exist (an exporter, an
+OTLP protocol) raises too, as the SDK's configurator does; any other malformed variable (an
+endpoint, headers, a number, a boolean, a sampler) is logged as a warning and ignored, so a
+variable set for a whole fleet never stops an application from starting.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 from typing import Literal
@@ -32,6 +42,20 @@ ENV_OUTPUT_FILE = "LLAMATELEMETRY_OUTPUT_FILE"
 ENV_SEMCONV_COMPAT = "LLAMATELEMETRY_SEMCONV_COMPAT"
 ENV_ENABLE_GPU = "LLAMATELEMETRY_ENABLE_GPU"
 ENV_ENABLE_NCCL = "LLAMATELEMETRY_ENABLE_NCCL"
+ENV_SHUTDOWN_TIMEOUT = "LLAMATELEMETRY_SHUTDOWN_TIMEOUT"
+ENV_EXPORT_BUFFER_SIZE = "LLAMATELEMETRY_EXPORT_BUFFER_SIZE"
+
+DEFAULT_SHUTDOWN_TIMEOUT_S = 2.0
+#: Spans, and separately metric data points: a 60 s outage at 50 spans/s is 3,000 spans.
+DEFAULT_EXPORT_BUFFER_SIZE = 8192
+DEFAULT_METRIC_EXPORT_INTERVAL_MS = 60_000
+
+log = logging.getLogger("llamatelemetry.config")
+
+# RFC 9110 token characters: what a header name may hold (gRPC metadata keys are a subset once lowercased).
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?"
+_HOST = re.compile(rf"^(\[[0-9A-Fa-f:.]+\]|{_LABEL}(\.{_LABEL})*\.?)$")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -67,6 +91,10 @@ class TelemetrySettings:
     metric_export_interval_ms: int
     use_existing_providers: bool
     enabled: bool
+    #: Seconds ``shutdown()`` (and interpreter exit) may spend delivering what is left.
+    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S
+    #: Spans, and separately metric data points, held while the collector is unreachable.
+    export_buffer_size: int = DEFAULT_EXPORT_BUFFER_SIZE
 
     def describe(self) -> str:
         """A one-paragraph, secret-free summary for logs and the CLI."""
@@ -82,26 +110,73 @@ class TelemetrySettings:
                 f"metrics -> {where(self.metrics)}, content capture {self.capture_content.value}")
 
 
-def parse_headers(value: str | None, *, source: str) -> dict[str, str]:
-    """Parse ``key=value,key2=value2`` (values URL-encoded) as in ``OTEL_EXPORTER_OTLP_HEADERS``."""
+def _ignore_env(name: str, shown: str, expected: str, fallback: str) -> None:
+    log.warning("llamatelemetry ignores %s=%s: %s; using %s instead. (Malformed environment variables are "
+                "reported and ignored, as the OpenTelemetry SDK does.)", name, shown, expected, fallback)
+
+
+def _check_header(key: str, value: str, source: str, index: int | None = None) -> None:
+    where = f"{source} entry {index + 1}" if index is not None else source
+    if not _HEADER_NAME.match(key):
+        raise ConfigurationError(
+            f"{where} has header name {key!r}, which is not a header name: use letters, digits and - _ . only.")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        # Name the header, never the value: it may be a secret.
+        raise ConfigurationError(
+            f"{where}: the value of header {key!r} contains a control character (a newline?); remove it.")
+
+
+def parse_headers(value: str | None, *, source: str, strict: bool = True) -> dict[str, str]:
+    """Parse ``key=value,key2=value2`` (values URL-encoded) as in ``OTEL_EXPORTER_OTLP_HEADERS``.
+
+    ``strict=False`` (environment variables) warns about a malformed entry and skips it, as the
+    OpenTelemetry SDK does; otherwise it raises ``ConfigurationError``. Messages never show a value.
+    """
     headers: dict[str, str] = {}
     if not value:
         return headers
-    for item in value.split(","):
+    for index, item in enumerate(value.split(",")):
         if not item.strip():
             continue
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            # Name the position, never the value: it may be a secret.
-            raise ConfigurationError(
-                f"{source} has an entry without 'key=value' form; write it as key=value,key2=value2.")
-        headers[urllib.parse.unquote(key.strip()).lower()] = urllib.parse.unquote(raw.strip())
+        try:
+            if not sep or not key.strip():
+                # Name the position, never the value: it may be a secret.
+                raise ConfigurationError(
+                    f"{source} has an entry without 'key=value' form; write it as key=value,key2=value2.")
+            name, decoded = urllib.parse.unquote(key.strip()).lower(), urllib.parse.unquote(raw.strip())
+            _check_header(name, decoded, source, index)
+        except ConfigurationError as exc:
+            if strict:
+                raise
+            _ignore_env(source, f"<entry {index + 1}>", str(exc), "the other entries")
+            continue
+        headers[name] = decoded
     return headers
 
 
-def _bool(value: bool | None, env: Mapping[str, str], name: str, default: bool) -> bool:
+def _headers_arg(value: Mapping[str, str] | str, source: str) -> dict[str, str]:
+    if isinstance(value, str):
+        return parse_headers(value, source=source)
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{source} is a {type(value).__name__}: pass a dict such as "
+                                 "{'authorization': 'Bearer ...'} or a 'key=value,key2=value2' string.")
+    headers: dict[str, str] = {}
+    for key, raw in value.items():
+        if not isinstance(key, str) or not isinstance(raw, str):
+            raise ConfigurationError(f"{source} has header {key!r} with a {type(raw).__name__} value: names and "
+                                     "values must be strings.")
+        name = key.strip().lower()
+        _check_header(name, raw, source)
+        headers[name] = raw
+    return headers
+
+
+def _bool(value: bool | None, env: Mapping[str, str], name: str, default: bool, arg: str | None = None) -> bool:
     if value is not None:
-        return bool(value)
+        if not isinstance(value, bool):
+            raise ConfigurationError(f"init({arg or name}={value!r}) is not a boolean: pass True or False.")
+        return value
     raw = env.get(name)
     if raw is None:
         return default
@@ -110,20 +185,26 @@ def _bool(value: bool | None, env: Mapping[str, str], name: str, default: bool) 
         return True
     if lowered in _FALSE:
         return False
-    raise ConfigurationError(f"{name}={raw!r} is not a boolean: use true or false.")
+    _ignore_env(name, repr(raw), "not a boolean (use true or false)", f"the default, {str(default).lower()}")
+    return default
 
 
 def _check_endpoint(endpoint: str, source: str) -> str:
+    form = "write it like http://localhost:4317 (gRPC) or http://localhost:4318 (HTTP)"
+    if not isinstance(endpoint, str):
+        raise ConfigurationError(f"{source}={endpoint!r} is not an endpoint URL: {form}.")
     endpoint = endpoint.strip()
     parsed = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
-    if not parsed.hostname:
-        raise ConfigurationError(f"{source}={endpoint!r} is not an endpoint URL: write it like http://localhost:4317.")
     if parsed.scheme and parsed.scheme not in ("http", "https"):
         raise ConfigurationError(f"{source}={endpoint!r} has scheme {parsed.scheme!r}: use http:// or https://.")
+    host = parsed.netloc.rpartition("@")[2]
+    host = host if host.startswith("[") else host.rsplit(":", 1)[0] if ":" in host else host
+    if not parsed.hostname or not _HOST.match(host):
+        raise ConfigurationError(f"{source}={endpoint!r} is not an endpoint URL: {form}.")
     try:
         parsed.port  # noqa: B018 - raises on a malformed port
     except ValueError:
-        raise ConfigurationError(f"{source}={endpoint!r} has an invalid port.") from None
+        raise ConfigurationError(f"{source}={endpoint!r} has an invalid port: {form}.") from None
     return endpoint
 
 
@@ -136,7 +217,12 @@ def _guess_protocol(endpoint: str) -> Protocol:
 
 
 def _protocol(value: str | None, source: str) -> Protocol | None:
-    if value is None or not value.strip():
+    # A protocol selects a component: like the SDK's configurator, an unknown one is an error even from a variable.
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{source}={value!r} is not an OTLP protocol: use 'grpc' or 'http/protobuf'.")
+    if not value.strip():
         return None
     value = value.strip().lower()
     if value == "http/json":
@@ -146,6 +232,17 @@ def _protocol(value: str | None, source: str) -> Protocol | None:
     return value  # type: ignore[return-value]
 
 
+def _env_endpoint(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    try:
+        return _check_endpoint(raw, name)
+    except ConfigurationError as exc:
+        _ignore_env(name, repr(raw), str(exc), "no endpoint from this variable")
+        return None
+
+
 def _signal(
     signal: Literal["traces", "metrics"],
     *,
@@ -153,18 +250,21 @@ def _signal(
     endpoint_arg: str | None,
     signal_endpoint_arg: str | None,
     protocol_arg: str | None,
-    headers_arg: Mapping[str, str] | None,
+    headers_arg: Mapping[str, str] | str | None,
     exporter_arg: str | None,
     output_file: str | None,
 ) -> SignalSettings:
     upper = signal.upper()
     exporter_source = f"OTEL_{upper}_EXPORTER"
     exporter = exporter_arg if exporter_arg is not None else env.get(exporter_source)
+    source = f"init({signal}_exporter=...)" if exporter_arg is not None else exporter_source
     if exporter is not None:
+        if not isinstance(exporter, str):
+            raise ConfigurationError(
+                f"{source}={exporter!r} is not an exporter name: use one of {', '.join(EXPORTERS)}.")
         exporter = exporter.strip().lower().split(",")[0]
         if exporter not in EXPORTERS:
-            raise ConfigurationError(
-                f"{exporter_source}={exporter!r} is not supported: use one of {', '.join(EXPORTERS)}.")
+            raise ConfigurationError(f"{source}={exporter!r} is not supported: use one of {', '.join(EXPORTERS)}.")
 
     protocol = (_protocol(protocol_arg, "init(protocol=...)")
                 or _protocol(env.get(f"OTEL_EXPORTER_OTLP_{upper}_PROTOCOL"), f"OTEL_EXPORTER_OTLP_{upper}_PROTOCOL")
@@ -172,21 +272,22 @@ def _signal(
 
     # A signal endpoint is used as given; a base endpoint gets /v1/<signal> appended for HTTP.
     endpoint: str | None = None
-    if signal_endpoint_arg:
+    signal_env, base_env = f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"
+    if signal_endpoint_arg is not None:
         endpoint = _check_endpoint(signal_endpoint_arg, f"init({signal}_endpoint=...)")
         protocol = protocol or _guess_protocol(endpoint)
-    elif endpoint_arg:
+    elif endpoint_arg is not None:
         base = _check_endpoint(endpoint_arg, "init(otlp_endpoint=...)")
         protocol = protocol or _guess_protocol(base)
         endpoint = base if protocol == "grpc" else base.rstrip("/") + f"/v1/{signal}"
-    elif env.get(f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT"):
-        source = f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT"
-        endpoint = _check_endpoint(env[source], source)
+    elif (from_signal_env := _env_endpoint(env, signal_env)) is not None:
+        endpoint = from_signal_env
         protocol = protocol or _guess_protocol(endpoint)
-    elif env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        base = _check_endpoint(env["OTEL_EXPORTER_OTLP_ENDPOINT"], "OTEL_EXPORTER_OTLP_ENDPOINT")
-        protocol = protocol or _guess_protocol(base)
-        endpoint = base if protocol == "grpc" else base.rstrip("/") + f"/v1/{signal}"
+    elif (from_base_env := _env_endpoint(env, base_env)) is not None:
+        protocol = protocol or _guess_protocol(from_base_env)
+        endpoint = from_base_env if protocol == "grpc" else from_base_env.rstrip("/") + f"/v1/{signal}"
+    if endpoint is not None and protocol == "http/protobuf" and "://" not in endpoint:
+        endpoint = "http://" + endpoint  # the HTTP exporter needs a scheme; OTLP/HTTP without TLS is http://
 
     if exporter is None:
         exporter = "otlp" if endpoint else ("file" if output_file else "console")
@@ -196,27 +297,93 @@ def _signal(
         endpoint = DEFAULT_GRPC_ENDPOINT if protocol == "grpc" else f"{DEFAULT_HTTP_ENDPOINT}/v1/{signal}"
     if exporter == "file" and not output_file:
         raise ConfigurationError(
-            f"{exporter_source}=file needs a file: pass init(output_file=...) or set {ENV_OUTPUT_FILE}.")
+            f"{source}=file needs a file: pass init(output_file=...) or set {ENV_OUTPUT_FILE}.")
 
     if headers_arg is not None:
-        headers = {str(k).lower(): str(v) for k, v in headers_arg.items()}
+        headers = _headers_arg(headers_arg, "init(headers=...)")
     else:
-        headers = parse_headers(env.get("OTEL_EXPORTER_OTLP_HEADERS"), source="OTEL_EXPORTER_OTLP_HEADERS")
+        headers = parse_headers(env.get("OTEL_EXPORTER_OTLP_HEADERS"), source="OTEL_EXPORTER_OTLP_HEADERS",
+                                strict=False)
         headers.update(parse_headers(env.get(f"OTEL_EXPORTER_OTLP_{upper}_HEADERS"),
-                                     source=f"OTEL_EXPORTER_OTLP_{upper}_HEADERS"))
+                                     source=f"OTEL_EXPORTER_OTLP_{upper}_HEADERS", strict=False))
     return SignalSettings(exporter=exporter, endpoint=endpoint if exporter == "otlp" else None,  # type: ignore[arg-type]
                           protocol=protocol or "grpc", headers=headers)
 
 
 def _compat(value: str | list[str] | tuple[str, ...] | None, env: Mapping[str, str]) -> frozenset[str]:
-    source = "init(semconv_compat=...)"
     if value is None:
-        value, source = env.get(ENV_SEMCONV_COMPAT, ""), ENV_SEMCONV_COMPAT
+        raw = env.get(ENV_SEMCONV_COMPAT, "")
+        names = [v.strip().lower() for v in raw.split(",") if v.strip()]
+        unknown = sorted(set(names) - set(SEMCONV_COMPAT_OPTIONS))
+        if unknown:
+            _ignore_env(ENV_SEMCONV_COMPAT, repr(raw), f"unknown option(s) {unknown} (use "
+                        f"{', '.join(SEMCONV_COMPAT_OPTIONS)})", "the known options only")
+        return frozenset(n for n in names if n in SEMCONV_COMPAT_OPTIONS)
+    source = "init(semconv_compat=...)"
+    if not isinstance(value, (str, list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigurationError(f"{source}={value!r} is invalid: pass 'deprecated', 'llm' or a list of them.")
     names = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
     unknown = sorted(set(names) - set(SEMCONV_COMPAT_OPTIONS))
     if unknown:
         raise ConfigurationError(f"{source} has unknown option(s) {unknown}: use {', '.join(SEMCONV_COMPAT_OPTIONS)}.")
     return frozenset(names)
+
+
+def _number(
+    value: float | None, env: Mapping[str, str], *, arg: str, var: str, default: float, unit: str,
+    minimum: float, integer: bool,
+) -> float:
+    """An ``init()`` number (raises when bad) or a variable's (warns and takes the default when bad)."""
+    kind = "whole number" if integer else "number"
+    expected = f"a positive {kind} of {unit}" if minimum > 0 else f"a {kind} of {unit}, 0 or more"
+    if value is not None:
+        ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok or not math.isfinite(value) or value < minimum:
+            raise ConfigurationError(f"init({arg}={value!r}) is invalid: give {expected}.")
+        return value
+    raw = env.get(var)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        parsed = int(raw) if integer else float(raw)
+    except ValueError:
+        parsed = None
+    if parsed is None or not math.isfinite(parsed) or parsed < minimum:
+        _ignore_env(var, repr(raw), f"not {expected}", f"the default, {default:g}")
+        return default
+    return parsed
+
+
+def _sampler(name: str | None, arg: str | float | None, env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    from llamatelemetry.otel.sampling import SAMPLER_NAMES, check_ratio
+
+    if name is not None:
+        if not isinstance(name, str) or name.strip().lower() not in SAMPLER_NAMES:
+            raise ConfigurationError(f"init(sampler={name!r}) is not a sampler: use one of {', '.join(SAMPLER_NAMES)}.")
+        name = name.strip().lower()
+    else:
+        raw = env.get("OTEL_TRACES_SAMPLER") or None
+        name = raw.strip().lower() if raw else None
+        if name is not None and name not in SAMPLER_NAMES:
+            _ignore_env("OTEL_TRACES_SAMPLER", repr(raw), f"not a sampler (use one of {', '.join(SAMPLER_NAMES)})",
+                        "the default, parentbased_always_on")
+            name = None
+    ratio_based = name in ("traceidratio", "parentbased_traceidratio")
+    if arg is not None:
+        if isinstance(arg, bool) or not isinstance(arg, (str, int, float)):
+            raise ConfigurationError(
+                f"init(sampler_arg={arg!r}) is not a number: give a sampling ratio between 0 and 1.")
+        if ratio_based:
+            check_ratio(arg, "init(sampler_arg=...)")
+        return name, str(arg)
+    raw_arg = env.get("OTEL_TRACES_SAMPLER_ARG")
+    if raw_arg is not None and ratio_based:
+        try:
+            check_ratio(raw_arg, "OTEL_TRACES_SAMPLER_ARG")
+        except ConfigurationError as exc:
+            _ignore_env("OTEL_TRACES_SAMPLER_ARG", repr(raw_arg), str(exc), "the default ratio, 1.0")
+            raw_arg = None
+    return name, raw_arg
 
 
 def resolve_settings(
@@ -227,7 +394,7 @@ def resolve_settings(
     traces_endpoint: str | None = None,
     metrics_endpoint: str | None = None,
     protocol: str | None = None,
-    headers: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | str | None = None,
     traces_exporter: str | None = None,
     metrics_exporter: str | None = None,
     output_file: str | os.PathLike[str] | None = None,
@@ -240,9 +407,14 @@ def resolve_settings(
     enable_nccl: bool | None = None,
     metric_export_interval_ms: int | None = None,
     use_existing_providers: bool = True,
+    shutdown_timeout: float | None = None,
+    export_buffer_size: int | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> TelemetrySettings:
-    """Combine ``init()`` arguments with the environment; raise ``ConfigurationError`` naming a bad value."""
+    """Combine ``init()`` arguments with the environment; raise ``ConfigurationError`` naming a bad argument.
+
+    A malformed environment variable is logged as a warning and ignored (see the module docstring).
+    """
     env = os.environ if environ is None else environ
     file = os.fspath(output_file) if output_file is not None else env.get(ENV_OUTPUT_FILE) or None
     common = dict(env=env, endpoint_arg=otlp_endpoint, protocol_arg=protocol, headers_arg=headers, output_file=file)
@@ -258,20 +430,20 @@ def resolve_settings(
         try:
             mode = parse_capture_mode(env.get(ENV_CAPTURE_CONTENT))
         except ValueError as exc:
-            raise ConfigurationError(str(exc)) from None
+            _ignore_env(ENV_CAPTURE_CONTENT, repr(env.get(ENV_CAPTURE_CONTENT)), str(exc),
+                        "the default, NO_CONTENT")
+            mode = CaptureMode.NO_CONTENT
 
-    interval = metric_export_interval_ms
-    if interval is None:
-        raw = env.get("OTEL_METRIC_EXPORT_INTERVAL")
-        try:
-            interval = int(raw) if raw else 60_000
-        except ValueError:
-            raise ConfigurationError(f"OTEL_METRIC_EXPORT_INTERVAL={raw!r} is not a number of milliseconds.") from None
-    if interval <= 0:
-        raise ConfigurationError(f"metric export interval {interval} ms must be a positive number of milliseconds.")
+    interval = int(_number(metric_export_interval_ms, env, arg="metric_export_interval_ms",
+                           var="OTEL_METRIC_EXPORT_INTERVAL", default=DEFAULT_METRIC_EXPORT_INTERVAL_MS,
+                           unit="milliseconds", minimum=1, integer=True))
+    shutdown_s = _number(shutdown_timeout, env, arg="shutdown_timeout", var=ENV_SHUTDOWN_TIMEOUT,
+                         default=DEFAULT_SHUTDOWN_TIMEOUT_S, unit="seconds", minimum=0, integer=False)
+    buffer_size = int(_number(export_buffer_size, env, arg="export_buffer_size", var=ENV_EXPORT_BUFFER_SIZE,
+                              default=DEFAULT_EXPORT_BUFFER_SIZE, unit="items", minimum=1, integer=True))
+    sampler_name, arg = _sampler(sampler, sampler_arg, env)
 
     name = service_name or env.get("OTEL_SERVICE_NAME") or "unknown_service"
-    arg = env.get("OTEL_TRACES_SAMPLER_ARG") if sampler_arg is None else str(sampler_arg)
     return TelemetrySettings(
         service_name=name,
         service_version=service_version or env.get("OTEL_SERVICE_VERSION") or None,
@@ -279,13 +451,15 @@ def resolve_settings(
         metrics=metrics,
         output_file=file,
         resource_attributes=dict(resource_attributes or {}),
-        sampler=sampler if sampler is not None else env.get("OTEL_TRACES_SAMPLER") or None,
+        sampler=sampler_name,
         sampler_arg=arg,
         capture_content=mode,
         semconv_compat=_compat(semconv_compat, env),
-        enable_gpu=_bool(enable_gpu, env, ENV_ENABLE_GPU, False),
-        enable_nccl=_bool(enable_nccl, env, ENV_ENABLE_NCCL, False),
+        enable_gpu=_bool(enable_gpu, env, ENV_ENABLE_GPU, False, "enable_gpu"),
+        enable_nccl=_bool(enable_nccl, env, ENV_ENABLE_NCCL, False, "enable_nccl"),
         metric_export_interval_ms=interval,
         use_existing_providers=use_existing_providers,
         enabled=not _bool(None, env, "OTEL_SDK_DISABLED", False),
+        shutdown_timeout_s=shutdown_s,
+        export_buffer_size=buffer_size,
     )

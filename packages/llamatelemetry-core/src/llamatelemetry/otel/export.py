@@ -19,6 +19,8 @@ import attrs
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from llamatelemetry.otel.retry import REASON_QUEUE_FULL
+
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import Span
@@ -118,18 +120,28 @@ class PluginSpanExporter(SpanExporter):
 
 @attrs.define
 class ExportStats:
-    """Counts kept by the export path (read them any time; they only grow)."""
+    """Counts kept by the export path of one signal (read them any time; they only grow).
 
-    #: Spans handed to the exporter (exported + failed).
+    Items are spans for traces and data points for metrics. With retries (OTLP), one item may
+    fail several times and still be exported: ``failed`` counts failed attempts, ``dropped`` what
+    was given up (queue or buffer full, retries expired), ``undelivered`` what was still buffered
+    when ``shutdown()`` ran out of time.
+    """
+
+    #: Items handed to the exporter, per attempt (exported + failed).
     attempted: int = 0
     exported: int = 0
     dropped: int = 0
     failed: int = 0
     filtered: int = 0
+    undelivered: int = 0
+    #: ``dropped`` by reason: ``queue_full``, ``buffer_full``, ``retry_expired``.
+    dropped_by_reason: dict[str, int] = attrs.field(factory=dict)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False, eq=False)
 
     def add(
-        self, *, attempted: int = 0, exported: int = 0, dropped: int = 0, failed: int = 0, filtered: int = 0
+        self, *, attempted: int = 0, exported: int = 0, dropped: int = 0, failed: int = 0, filtered: int = 0,
+        undelivered: int = 0,
     ) -> None:
         """Add to the counters atomically."""
         with self._lock:
@@ -138,6 +150,12 @@ class ExportStats:
             self.dropped += dropped
             self.failed += failed
             self.filtered += filtered
+            self.undelivered += undelivered
+
+    def add_drop_reason(self, reason: str, count: int) -> None:
+        """Count ``count`` dropped items under ``reason`` (``dropped`` itself is added separately)."""
+        with self._lock:
+            self.dropped_by_reason[reason] = self.dropped_by_reason.get(reason, 0) + count
 
 
 class QueueingSpanProcessor(SpanProcessor):
@@ -151,6 +169,9 @@ class QueueingSpanProcessor(SpanProcessor):
         max_export_batch_size: int = 512,
         schedule_delay_s: float = 1.0,
         stats: ExportStats | None = None,
+        shutdown_timeout_s: float = 30.0,
+        report_at_shutdown: bool = True,
+        exporter_counts: bool = False,
     ) -> None:
         if max_queue_size < 1 or max_export_batch_size < 1:
             raise ValueError("max_queue_size and max_export_batch_size must be at least 1.")
@@ -160,6 +181,11 @@ class QueueingSpanProcessor(SpanProcessor):
         self._max_queue = max_queue_size
         self._max_batch = min(max_export_batch_size, max_queue_size)
         self._delay = schedule_delay_s
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._deadline: float | None = None
+        self._report = report_at_shutdown
+        # True when the exporter (a RetryingSpanExporter) counts delivery itself: a SUCCESS here means "buffered".
+        self._exporter_counts = exporter_counts
         self.stats = stats if stats is not None else ExportStats()
         self._queue: collections.deque[ReadableSpan] = collections.deque()
         self._wake = threading.Condition(threading.Lock())
@@ -180,6 +206,7 @@ class QueueingSpanProcessor(SpanProcessor):
             return
         if self._stopped or len(self._queue) >= self._max_queue:
             self.stats.add(dropped=1)
+            self.stats.add_drop_reason(REASON_QUEUE_FULL, 1)
             if not self._warned_full and not self._stopped:
                 self._warned_full = True
                 log.warning("llamatelemetry span queue is full (%d spans); spans are being dropped and counted. "
@@ -198,7 +225,10 @@ class QueueingSpanProcessor(SpanProcessor):
             self._drain(deadline=None)
 
     def _drain(self, deadline: float | None) -> bool:
-        with self._export_lock:
+        timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._export_lock.acquire(timeout=timeout):
+            return False  # the export thread is still busy with a batch and the time is up
+        try:
             while self._queue:
                 if deadline is not None and time.monotonic() > deadline:
                     return False
@@ -206,10 +236,13 @@ class QueueingSpanProcessor(SpanProcessor):
                 while self._queue and len(batch) < self._max_batch:
                     batch.append(self._queue.popleft())
                 self._export(batch)
+        finally:
+            self._export_lock.release()
         return True
 
     def _export(self, batch: list[ReadableSpan]) -> None:
-        self.stats.add(attempted=len(batch))
+        if not self._exporter_counts:
+            self.stats.add(attempted=len(batch))
         try:
             result = self._exporter.export(batch)
         except Exception:
@@ -218,6 +251,10 @@ class QueueingSpanProcessor(SpanProcessor):
                 self._export_error_logged = True
                 log.warning("llamatelemetry span exporter raised; spans of this batch are counted as failed",
                             exc_info=True)
+        if self._exporter_counts and result is SpanExportResult.SUCCESS:
+            return
+        if self._exporter_counts:
+            self.stats.add(attempted=len(batch))
         if result is SpanExportResult.SUCCESS:
             self.stats.add(exported=len(batch))
         else:
@@ -232,20 +269,30 @@ class QueueingSpanProcessor(SpanProcessor):
             log.debug("exporter force_flush raised", exc_info=True)
             return done
 
+    def set_deadline(self, deadline: float) -> None:
+        """The monotonic time by which ``shutdown()`` must return (else ``shutdown_timeout_s`` from its call)."""
+        self._deadline = deadline
+
     def shutdown(self) -> None:
-        """Stop the thread, export what is queued, shut the exporter down and report drops."""
+        """Stop the thread, export what is queued until the deadline, shut the exporter down and report drops."""
         if self._stopped:
             return
+        deadline = self._deadline if self._deadline is not None else time.monotonic() + self._shutdown_timeout_s
         self._stopped = True
         with self._wake:
             self._wake.notify_all()
-        self._thread.join(timeout=30)
-        self._drain(deadline=time.monotonic() + 30)
+        self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if not self._drain(deadline=deadline) or self._thread.is_alive():
+            # Out of time (an exporter without its own buffer is blocked): what is still queued is undelivered.
+            left = len(self._queue)
+            self._queue.clear()
+            self.stats.add(undelivered=left)
         try:
             self._exporter.shutdown()
         except Exception:
             log.warning("llamatelemetry span exporter raised on shutdown", exc_info=True)
         stats = self.stats
-        if stats.dropped or stats.failed:
+        if self._report and (stats.dropped or stats.failed or stats.undelivered):
             log.warning("llamatelemetry export summary: %d spans exported, %d dropped (queue full), "
-                        "%d failed to export", stats.exported, stats.dropped, stats.failed)
+                        "%d failed to export, %d undelivered", stats.exported, stats.dropped, stats.failed,
+                        stats.undelivered)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import threading
@@ -28,12 +29,14 @@ def build_otlp_exporter(
     signal: Signal = "traces",
     headers: Mapping[str, str] | None = None,
     timeout_s: float | None = None,
+    retry: bool = True,
 ) -> Any:
     """Create an OTLP span or metric exporter for ``protocol`` ``"grpc"`` or ``"http/protobuf"``.
 
     ``endpoint`` is used as given (for HTTP it is the full ``.../v1/traces`` URL); ``None`` lets
     the exporter read the ``OTEL_EXPORTER_OTLP_*`` variables itself. Timeout, compression and
-    certificates not given here come from those variables too.
+    certificates not given here come from those variables too. ``retry=False`` makes one attempt
+    per export (for a wrapper that owns the retry policy, such as ``RetryingSpanExporter``).
     """
     if signal not in ("traces", "metrics"):
         raise ConfigurationError(f"signal={signal!r} is not supported: use 'traces' or 'metrics'.")
@@ -47,6 +50,11 @@ def build_otlp_exporter(
     if protocol == "grpc":
         if endpoint is not None and endpoint.startswith("http://"):
             kwargs["insecure"] = True
+        if not retry:
+            import grpc
+
+            # The exporter retries the codes in this set; OK is never an error code, so it never retries.
+            kwargs["retryable_error_codes"] = (grpc.StatusCode.OK,)
         if signal == "traces":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpan
 
@@ -55,14 +63,28 @@ def build_otlp_exporter(
 
         return GrpcMetric(**kwargs)
     if protocol == "http/protobuf":
+        exporter: Any
         if signal == "traces":
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpan
 
-            return HttpSpan(**kwargs)
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetric
+            exporter = HttpSpan(**kwargs)
+        else:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetric
 
-        return HttpMetric(**kwargs)
+            exporter = HttpMetric(**kwargs)
+        if not retry:
+            _single_attempt_http(exporter)
+        return exporter
     raise ConfigurationError(f"protocol={protocol!r} is not an OTLP protocol: use 'grpc' or 'http/protobuf'.")
+
+
+def _single_attempt_http(exporter: Any) -> None:
+    # The HTTP exporters have no public switch for their retries; they retry only while the next
+    # backoff fits in the timeout, so an infinite backoff makes one attempt. Without that private
+    # hook (another SDK version) the exporter's retries stay, still bounded by its timeout.
+    client = getattr(exporter, "_client", None)
+    if client is not None and hasattr(client, "_compute_backoff"):
+        client._compute_backoff = lambda retry: math.inf
 
 
 class JsonLinesFile:
@@ -176,12 +198,14 @@ def _one_line_span(span: ReadableSpan) -> str:
 
 def build_span_exporter(kind: str, *, endpoint: str | None = None, protocol: str = "grpc",
                         headers: Mapping[str, str] | None = None, output_file: str | None = None,
-                        stream: IO[str] | None = None) -> SpanExporter | None:
+                        stream: IO[str] | None = None, timeout_s: float | None = None,
+                        retry: bool = True) -> SpanExporter | None:
     """The span exporter for ``kind`` ``otlp``, ``file``, ``console`` or ``none`` (returns None)."""
     if kind == "none":
         return None
     if kind == "otlp":
-        return build_otlp_exporter(endpoint, protocol=protocol, signal="traces", headers=headers)  # type: ignore[no-any-return]
+        return build_otlp_exporter(endpoint, protocol=protocol, signal="traces", headers=headers,  # type: ignore[no-any-return]
+                                   timeout_s=timeout_s, retry=retry)
     if kind == "file":
         if not output_file:
             raise ConfigurationError("the file exporter needs init(output_file=...).")
@@ -195,12 +219,14 @@ def build_span_exporter(kind: str, *, endpoint: str | None = None, protocol: str
 
 def build_metric_exporter(kind: str, *, endpoint: str | None = None, protocol: str = "grpc",
                           headers: Mapping[str, str] | None = None, output_file: str | None = None,
-                          stream: IO[str] | None = None) -> MetricExporter | None:
+                          stream: IO[str] | None = None, timeout_s: float | None = None,
+                          retry: bool = True) -> MetricExporter | None:
     """The metric exporter for ``kind`` ``otlp``, ``file``, ``console`` or ``none`` (returns None)."""
     if kind == "none":
         return None
     if kind == "otlp":
-        return build_otlp_exporter(endpoint, protocol=protocol, signal="metrics", headers=headers)  # type: ignore[no-any-return]
+        return build_otlp_exporter(endpoint, protocol=protocol, signal="metrics", headers=headers,  # type: ignore[no-any-return]
+                                   timeout_s=timeout_s, retry=retry)
     if kind == "file":
         if not output_file:
             raise ConfigurationError("the file exporter needs init(output_file=...).")
