@@ -124,6 +124,7 @@ class _RetryBuffer(Generic[_T]):
         self._batches: collections.deque[_Batch[_T]] = collections.deque()
         self._buffered = 0  # items in _batches plus the batch in flight
         self._in_flight: _Batch[_T] | None = None
+        self._doomed = 0  # items of the batch in flight to drop if its send fails (no longer in _buffered)
         self._failures = 0
         self._next_attempt = 0.0
         self._closing = False
@@ -149,10 +150,23 @@ class _RetryBuffer(Generic[_T]):
             self._cond.notify_all()
 
     def _enforce_capacity(self) -> None:
-        # Called with the lock held. The batch in flight is not in _batches and is never trimmed here.
-        while self._buffered > self._capacity and self._batches:
+        # Called with the lock held. The oldest items go first. The batch in flight holds the oldest: its
+        # items are marked (_doomed) and dropped only if the send fails. A batch that cannot be trimmed (one
+        # metrics collection) is kept when it is the newest: the latest cumulative values, with the drop
+        # counts, are the ones worth delivering.
+        while self._buffered > self._capacity:
             excess = self._buffered - self._capacity
+            flying = self._in_flight
+            if flying is not None and self._doomed < flying.count and (self._trim is not None or self._batches):
+                doom = min(excess, flying.count - self._doomed) if self._trim is not None else flying.count
+                self._doomed += doom
+                self._buffered -= doom
+                continue
+            if not self._batches:
+                break
             oldest = self._batches[0]
+            if self._trim is None and len(self._batches) == 1:
+                break
             if oldest.count <= excess or self._trim is None:
                 self._batches.popleft()
                 lost = oldest.count
@@ -208,11 +222,12 @@ class _RetryBuffer(Generic[_T]):
                 ok = False
             with self._cond:
                 self._in_flight = None
-                if self._stopped:  # shutdown already counted this batch as undelivered
+                doomed, self._doomed = self._doomed, 0
+                if self._stopped:  # shutdown already counted this batch as undelivered (or dropped)
                     return
                 self.stats.add(attempted=batch.count)
                 if ok:
-                    self._buffered -= batch.count
+                    self._buffered -= batch.count - doomed
                     self.stats.add(exported=batch.count)
                     if self._failures:
                         log.info("llamatelemetry %s export recovered after %d failed attempts",
@@ -226,10 +241,15 @@ class _RetryBuffer(Generic[_T]):
                     now = time.monotonic()
                     if batch.first_failure is None:
                         batch.first_failure = now
-                    if now - batch.first_failure >= self._policy.max_elapsed_s:
+                    if doomed:
+                        self._record_drop(doomed, REASON_BUFFER_FULL)
+                        if doomed < batch.count and self._trim is not None:
+                            batch.data = self._trim(batch.data, doomed)
+                        batch.count -= doomed
+                    if batch.count and now - batch.first_failure >= self._policy.max_elapsed_s:
                         self._buffered -= batch.count
                         self._record_drop(batch.count, REASON_RETRY_EXPIRED)
-                    else:
+                    elif batch.count:
                         self._batches.appendleft(batch)
                         self._enforce_capacity()
                     wait = self._policy.backoff(self._failures)
@@ -269,6 +289,9 @@ class _RetryBuffer(Generic[_T]):
             if self._stopped:
                 return 0
             self._stopped = True
+            if self._doomed:  # the send in flight had been marked for dropping; it cannot succeed now
+                self._record_drop(self._doomed, REASON_BUFFER_FULL)
+                self._doomed = 0
             left = self._buffered
             self._buffered = 0
             self._batches.clear()
