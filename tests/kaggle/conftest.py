@@ -115,6 +115,14 @@ def _no_kaggle_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _no_previous_auto_configure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts without the record of another test's auto_configure() (the resource hook reuses it)."""
+    from llamatelemetry_kaggle import configure
+
+    monkeypatch.setattr(configure, "_last", None)
+
+
 @pytest.fixture
 def fake_kaggle_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKaggleSecrets]:
     """The FAKE ``kaggle_secrets`` module on ``sys.path``, with no secret set yet."""

@@ -103,6 +103,8 @@ class KaggleConfig:
     initialized: bool = False
     #: What Kaggle's variables and files said (image build date, integrations); ``None`` off Kaggle.
     environment: KaggleEnvironment | None = None
+    #: Where ``/kaggle`` and the CUDA folders were looked for (``/`` but in tests).
+    root: Path = Path("/")
 
     def init_kwargs(self) -> dict[str, Any]:
         """Arguments for ``llamatelemetry.init()``; empty off Kaggle (init's own defaults apply)."""
@@ -226,7 +228,7 @@ def auto_configure(
         accelerator=accelerator, internet=internet, working_dir=environment.working_dir,
         input_dir=environment.input_dir, preset=preset, preset_reason=preset_reason,
         flash_attention=flash_attention_fits(accelerator), library_path=cuda_library_path(root),
-        telemetry=plan, warnings=(warning,) if warning else (), environment=environment,
+        telemetry=plan, warnings=(warning,) if warning else (), environment=environment, root=Path(root),
     )
     _last = config
     if init:

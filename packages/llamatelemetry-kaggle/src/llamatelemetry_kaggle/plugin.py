@@ -28,13 +28,11 @@ def llamatelemetry_resource_attributes() -> Mapping[str, Any] | None:
     from llamatelemetry_kaggle.detect import detect
 
     last = last_config()
-    if last is not None and last.on_kaggle and last.environment is not None and detect() is not None:
-        environment, accelerator = last.environment, last.accelerator
-    else:
-        found = detect()
-        if found is None:
-            return None
-        environment, accelerator = found, detect_accelerator()
+    # The environment is read again (it is cheap); the GPUs are not, when auto_configure() has read them.
+    environment = detect(root=last.root if last is not None else "/")
+    if environment is None:
+        return None
+    accelerator = last.accelerator if last is not None and last.on_kaggle else detect_accelerator()
     attributes = dict(environment.resource_attributes())
     attributes[semconv.KAGGLE_ACCELERATOR] = accelerator.label
     attributes[semconv.KAGGLE_GPU_COUNT] = accelerator.gpu_count
