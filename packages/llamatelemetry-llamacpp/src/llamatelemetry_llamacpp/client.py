@@ -64,7 +64,7 @@ from llamatelemetry_llamacpp.records import (
     as_int,
     as_str,
 )
-from llamatelemetry_llamacpp.semconv import semconv_finish_reason
+from llamatelemetry_llamacpp.semconv import semconv_finish_reason, served_model_attributes
 from llamatelemetry_llamacpp.sse import Outcome, StreamParser
 from llamatelemetry_llamacpp.streams import AsyncStream, Stream
 from llamatelemetry_llamacpp.telemetry import CallRecording
@@ -109,6 +109,8 @@ class _ClientBase(Generic[_T]):
         #: The model to ask for (sent as "model"); None lets the server use its own.
         self.model = model
         self._server_model_id: str | None = None
+        #: Span attributes for the server's model (GGUF file type, size, ...), once /v1/models was read.
+        self._server_model_attributes: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         key = ", api_key=***" if self._transport.api_key else ""
@@ -158,7 +160,8 @@ class _ClientBase(Generic[_T]):
     def _record(self, call: ApiCall, within: Generation | None = None) -> CallRecording:
         if within is not None:
             return CallRecording.within(within)
-        return CallRecording.start(call, self._transport.endpoint, call.model or self.model or self._server_model_id)
+        return CallRecording.start(call, self._transport.endpoint, call.model or self.model or self._server_model_id,
+                                   self._server_model_attributes)
 
     @staticmethod
     def _post(call: ApiCall) -> HttpRequest:
@@ -185,6 +188,7 @@ class _ClientBase(Generic[_T]):
                   if isinstance(item, Mapping) and item.get("id")]
         if models:
             self._server_model_id = models[0].id
+            self._server_model_attributes = served_model_attributes(models[0].meta)
         return models
 
     @staticmethod

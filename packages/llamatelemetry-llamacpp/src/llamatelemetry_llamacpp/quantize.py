@@ -32,6 +32,8 @@ import ctypes
 import errno
 import logging
 import os
+import re
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -44,6 +46,7 @@ import attrs
 from llamatelemetry.errors import LlamaTelemetryError
 from llamatelemetry.pipeline import attributes as names
 from llamatelemetry.quantization.stages import QuantizationResult
+from llamatelemetry_llamacpp.gguf_file import check_gguf_file
 
 if TYPE_CHECKING:
     from llamatelemetry.pipeline.spans import PipelineContext, PipelineStage, PipelineTracer
@@ -76,6 +79,10 @@ PYTHON_TYPES: Final = ("F32", "F16", "BF16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4
 _K_BLOCK: Final = 256
 _EXPORT_OUTTYPE: Final = "f16"
 _MAX_NAMES_ON_SPAN: Final = 64
+_GGML_LOG_ERROR: Final = 4  # enum ggml_log_level: NONE, DEBUG, INFO, WARN, ERROR, CONT
+# What llama.cpp's file writer logs when the device is full or the file may not grow.
+_WRITE_FAILED: Final = re.compile(r"no space left|file too large|disk quota|write error|iostream error",
+                                  re.IGNORECASE)
 
 
 # ------------------------------------------------------------------ errors
@@ -128,13 +135,23 @@ class QuantizeWriteError(GGUFQuantizeError, OSError):
     """Writing the output failed (no space left, no permission, ...); nothing is left at the output path."""
 
     def __init__(self, path: str, cause: OSError) -> None:
-        what = ("the disk is full: free space there or write elsewhere (-o / output_path)"
-                if cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-                else "check the folder exists and is writable")
+        if cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            what = "the disk is full: free space there or write elsewhere (-o / output_path)"
+        elif cause.errno == errno.EFBIG:
+            what = "the file is larger than this system lets it grow (ulimit -f, or the filesystem's limit)"
+        else:
+            what = f"check free space there ({_free_mib(Path(path).parent)}) and that the folder is writable"
         super().__init__(cause.errno or errno.EIO, f"Could not write {path} ({cause.strerror or cause}): {what}.")
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+def _free_mib(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:,.0f} MiB free"
+    except OSError:
+        return "free space unknown"
 
 
 # ------------------------------------------------------------------ what a GGUF file holds
@@ -302,11 +319,16 @@ def _run_llama_cpp(llama_cpp: Any, source: Path, target: Path, quant_type: str, 
     with _llama_log_captured(llama_cpp) as lines:
         status = llama_cpp.llama_model_quantize(os.fsencode(source), os.fsencode(target), ctypes.byref(params))
     if status != 0:
-        # llama.cpp reports why only in its log (level 3 is GGML_LOG_LEVEL_ERROR).
-        errors = [text.strip() for level, text in lines if level == 3 and text.strip()]
-        said = "; ".join(errors[-3:]) or "no error logged"
-        if any(word in said.lower() for word in ("write", "space", "file too large")):
-            raise QuantizeWriteError(str(target), OSError(errno.ENOSPC, f"llama.cpp: {said}"))
+        # llama.cpp says why only in its log: ggml's GGML_LOG_LEVEL_ERROR, or "failed to quantize: ...".
+        errors = [text.strip() for level, text in lines
+                  if text.strip() and (level == _GGML_LOG_ERROR or "failed to quantize" in text)]
+        said = "; ".join(errors[-3:]) or "llama.cpp logged no reason"
+        failed = _WRITE_FAILED.search(said)
+        if failed is not None:  # the caller turns it into QuantizeWriteError naming the output
+            # llama.cpp's writer (a C++ stream) often says only "iostream error": no errno to pass on.
+            code = {"no space left": errno.ENOSPC, "disk quota": errno.EDQUOT,
+                    "file too large": errno.EFBIG}.get(failed.group(0).lower(), errno.EIO)
+            raise OSError(code, f"llama.cpp's file writer failed: {said}")
         raise QuantizeFailedError(f"llama.cpp could not quantize {source} to {quant_type} (status {status}): {said}")
 
 
@@ -469,6 +491,7 @@ def _quantize_file(source: Path, target: Path, kind: str, engine: str, llama_cpp
                    context: PipelineContext, tracer: PipelineTracer, started: float) -> QuantizationResult:
     with tracer.span_quantize(context, **{names.QUANTIZATION_METHOD: "gguf", names.QUANTIZATION_TYPE: kind,
                                           names.QUANTIZATION_ENGINE: engine}) as stage:
+        check_gguf_file(source)  # a truncated or damaged file gets a specific error, not the reader's
         before = read_gguf_facts(source)
         stage.set_attributes({names.QUANTIZATION_SOURCE_TYPE: before.file_type or "unknown",
                               names.QUANTIZATION_SIZE_BEFORE: before.size_bytes})
@@ -481,8 +504,6 @@ def _quantize_file(source: Path, target: Path, kind: str, engine: str, llama_cpp
                     _run_llama_cpp(llama_cpp, source, partial, kind, nthread)
                 else:
                     _run_gguf_py(source, partial, kind)
-            except QuantizeWriteError:
-                raise
             except OSError as exc:
                 raise QuantizeWriteError(str(target), exc) from exc
             quant_seconds = time.perf_counter() - began

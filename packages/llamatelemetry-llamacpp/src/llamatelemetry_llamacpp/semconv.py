@@ -6,7 +6,8 @@ GenAI conventions have no name for. Every one is listed in the telemetry referen
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
 from llamatelemetry.semconv import gen_ai
 from llamatelemetry.semconv.llamatelemetry import (  # shared with every in-process backend
@@ -49,6 +50,10 @@ SPAN_DECODE: Final = "llama_cpp.decode"
 # ---- model (attributes of the model-load span)
 MODEL_FILE_SIZE: Final = "llamatelemetry.model.file_size"  # By
 MODEL_MMAP: Final = "llamatelemetry.model.mmap"
+#: The served model's GGUF file type as llama.cpp names it (``Q4_K_M``, ``F16``): client spans, from ``/v1/models``.
+MODEL_FILE_TYPE: Final = "llamatelemetry.model.file_type"
+#: Bytes of the served model's tensors, as the server reports them (``/v1/models`` ``meta.size``).
+MODEL_SIZE: Final = "llamatelemetry.model.size"  # By
 
 # ---- context (attributes of the context-create span)
 CONTEXT_SIZE: Final = "llamatelemetry.context.size"  # n_ctx, tokens
@@ -113,3 +118,30 @@ def semconv_finish_reason(reason: str | None) -> str | None:
     if not reason or reason == "none":
         return None
     return FINISH_REASONS.get(reason, reason)
+
+
+# llama.cpp's model descriptions (llama_model_ftype_name) -> its file type names: "Q4_K - Medium" -> Q4_K_M.
+_FTYPE_SUFFIXES: Final = {"Small": "_S", "Medium": "_M", "Large": "_L"}
+
+
+def file_type_name(description: str | None) -> str | None:
+    """llama.cpp's file type name (``Q4_K_M``) for its description (``"Q4_K - Medium"``, ``"all F32"``)."""
+    if not description:
+        return None
+    text = description.strip().removeprefix("all ").removesuffix(" (guessed)")
+    base, _, detail = text.partition(" - ")
+    return base + _FTYPE_SUFFIXES.get(detail.strip(), "")
+
+
+def served_model_attributes(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Span attributes for the model a llama.cpp server reports in ``/v1/models`` (its ``meta``); unknowns left out."""
+    attributes: dict[str, Any] = {}
+    file_type = file_type_name(meta.get("ftype")) if isinstance(meta.get("ftype"), str) else None
+    if file_type:
+        attributes[MODEL_FILE_TYPE] = file_type
+    for key, name in (("size", MODEL_SIZE), ("n_params", MODEL_PARAMETERS), ("n_vocab", MODEL_VOCAB_SIZE),
+                      ("n_ctx_train", MODEL_TRAINED_CONTEXT)):
+        value = meta.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            attributes[name] = value
+    return attributes
