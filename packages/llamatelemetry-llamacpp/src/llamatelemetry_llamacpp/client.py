@@ -33,6 +33,11 @@ request's span; the client then records nothing of its own and only marks its ch
 application provider). The API key is sent as ``Authorization: Bearer ...`` and appears in no
 span, log or error message.
 
+Every request carries the current trace context through the globally configured propagator
+(W3C ``traceparent``/``tracestate`` and ``baggage`` by default): during a recorded call, the
+call's span, so a llama.cpp server built with tracing parents its own spans under it.
+``propagate=False`` turns that off for one client; ``OTEL_PROPAGATORS=none`` for the whole process.
+
 The pieces live in their own modules: ``records`` (response records), ``payloads`` (request
 building), ``transport`` (URL, retries, error mapping, the send), ``sse`` (stream parsing),
 ``streams`` (``Stream``/``AsyncStream``) and ``telemetry`` (the recorder calls); this module
@@ -130,6 +135,11 @@ class _ClientBase(Generic[_T]):
     def connect_timeout(self) -> float | None:
         """Seconds the connection may take (``None``: no limit)."""
         return self._transport.connect_timeout
+
+    @property
+    def propagate(self) -> bool:
+        """Whether requests carry the current trace context (``traceparent``, ``tracestate``, ``baggage``)."""
+        return self._transport.propagate
 
     @property
     def retries(self) -> int:
@@ -264,7 +274,8 @@ class LlamaCppClient(_ClientBase[SyncTransport]):
 
     ``retries`` applies to connection failures and 503 (model loading), with exponential
     ``backoff`` seconds; ``timeout`` bounds each read, ``connect_timeout`` the connection.
-    ``model`` is sent as the requested model when given.
+    ``model`` is sent as the requested model when given. ``propagate=False`` sends no trace
+    context headers (``traceparent``, ...), which are otherwise sent with every request.
 
     Example::
 
@@ -275,9 +286,10 @@ class LlamaCppClient(_ClientBase[SyncTransport]):
 
     def __init__(self, base_url: str = DEFAULT_BASE_URL, *, api_key: str | None = None, timeout: float | None = 60.0,
                  connect_timeout: float | None = 5.0, retries: int = 2, backoff: float = 0.5,
-                 model: str | None = None) -> None:
+                 model: str | None = None, propagate: bool = True) -> None:
         super().__init__(SyncTransport(type(self).__name__, base_url, api_key=api_key, timeout=timeout,
-                                       connect_timeout=connect_timeout, retries=retries, backoff=backoff), model)
+                                       connect_timeout=connect_timeout, retries=retries, backoff=backoff,
+                                       propagate=propagate), model)
         self.chat = _Chat(self)
         self.embeddings = _Embeddings(self)
 
@@ -449,9 +461,10 @@ class AsyncLlamaCppClient(_ClientBase[AsyncTransport]):
 
     def __init__(self, base_url: str = DEFAULT_BASE_URL, *, api_key: str | None = None, timeout: float | None = 60.0,
                  connect_timeout: float | None = 5.0, retries: int = 2, backoff: float = 0.5,
-                 model: str | None = None) -> None:
+                 model: str | None = None, propagate: bool = True) -> None:
         super().__init__(AsyncTransport(type(self).__name__, base_url, api_key=api_key, timeout=timeout,
-                                        connect_timeout=connect_timeout, retries=retries, backoff=backoff), model)
+                                        connect_timeout=connect_timeout, retries=retries, backoff=backoff,
+                                        propagate=propagate), model)
         self.chat = _AsyncChat(self)
         self.embeddings = _AsyncEmbeddings(self)
         #: Connection closes of abandoned streams, held until they ran.

@@ -204,9 +204,11 @@ class LlamaCppLoadDriver:
         from llamatelemetry_llamacpp.client import AsyncLlamaCppClient
 
         assert self.url is not None
-        # retries=0: a resent request would hide a failure and distort its latency.
+        # retries=0: a resent request would hide a failure and distort its latency. Each request carries
+        # its span's trace context (traceparent), so a tracing server's spans join the benchmark's trace.
         return AsyncLlamaCppClient(self.url, api_key=self.context.config.api_key,
-                                   timeout=self.context.config.timeout_s, retries=0)
+                                   timeout=self.context.config.timeout_s, retries=0,
+                                   propagate=self.context.options.get("propagate", True))
 
     async def start(self, max_in_flight: int | None) -> int:
         """Start the server when asked to, open enough clients, and read the server's settings."""

@@ -5,6 +5,12 @@ building an ``httpx.Request`` from an ``HttpRequest``, which failures are retrie
 wait, and how httpx failures and HTTP error answers become this plugin's error classes.
 ``SyncTransport.send`` and ``AsyncTransport.send`` are the only code that differs: the I/O.
 
+Trace context. Every request carries the current context through the globally configured
+propagator (``opentelemetry.propagate.inject``: W3C ``traceparent``/``tracestate`` and ``baggage``
+by default, whatever ``OTEL_PROPAGATORS`` names otherwise), so a llama.cpp server built with
+tracing parents its spans under the client's call span. ``propagate=False`` leaves the headers
+out for this transport; ``OTEL_PROPAGATORS=none`` leaves them out for every library in the process.
+
 Example::
 
     transport = SyncTransport("LlamaCppClient", "http://127.0.0.1:8090")
@@ -19,6 +25,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
+from opentelemetry import propagate as _propagate
 
 from llamatelemetry.errors import ValidationError
 from llamatelemetry_llamacpp.errors import (
@@ -90,7 +97,7 @@ class Transport:
 
     def __init__(self, owner: str, base_url: str = DEFAULT_BASE_URL, *, api_key: str | None = None,
                  timeout: float | None = 60.0, connect_timeout: float | None = 5.0, retries: int = 2,
-                 backoff: float = 0.5) -> None:
+                 backoff: float = 0.5, propagate: bool = True) -> None:
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValidationError(owner, "retries", retries, "an integer >= 0")
         for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
@@ -105,6 +112,8 @@ class Transport:
         self.backoff = float(backoff)
         self.api_key = api_key or None
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        #: Whether each request carries the current trace context (``traceparent``, ...).
+        self.propagate = bool(propagate)
 
     # ------------------------------------------------------------------ shared by both sends
 
@@ -113,7 +122,13 @@ class Transport:
 
     def _build(self, client: httpx.Client | httpx.AsyncClient, request: HttpRequest) -> httpx.Request:
         limit = httpx.Timeout(request.timeout) if request.timeout is not None else httpx.USE_CLIENT_DEFAULT
-        return client.build_request(request.method, request.path, json=request.payload, timeout=limit)
+        headers: dict[str, str] | None = None
+        if self.propagate:
+            # The context current now: the call's span while a call is recorded (each retry re-injects it).
+            headers = {}
+            _propagate.inject(headers)
+        return client.build_request(request.method, request.path, json=request.payload, timeout=limit,
+                                    headers=headers or None)
 
     def _attempts(self, request: HttpRequest) -> int:
         return self.retries if request.retries is None else request.retries
