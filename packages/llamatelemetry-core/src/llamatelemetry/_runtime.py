@@ -205,7 +205,7 @@ def init(
     traces_endpoint: str | None = None,
     metrics_endpoint: str | None = None,
     protocol: str | None = None,
-    headers: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | str | None = None,
     traces_exporter: str | None = None,
     metrics_exporter: str | None = None,
     output_file: str | os.PathLike[str] | None = None,

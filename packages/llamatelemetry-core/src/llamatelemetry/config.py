@@ -14,6 +14,7 @@ variable set for a whole fleet never stops an application from starting.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import os
@@ -110,7 +111,18 @@ class TelemetrySettings:
                 f"metrics -> {where(self.metrics)}, content capture {self.capture_content.value}")
 
 
+# The warnings of one resolve_settings() call, so a variable read for both signals is reported once.
+_reported: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("llamatelemetry_config_reported",
+                                                                           default=None)
+
+
 def _ignore_env(name: str, shown: str, expected: str, fallback: str) -> None:
+    reported = _reported.get()
+    key = f"{name}={shown}"
+    if reported is not None:
+        if key in reported:
+            return
+        reported.add(key)
     log.warning("llamatelemetry ignores %s=%s: %s; using %s instead. (Malformed environment variables are "
                 "reported and ignored, as the OpenTelemetry SDK does.)", name, shown, expected, fallback)
 
@@ -239,7 +251,8 @@ def _env_endpoint(env: Mapping[str, str], name: str) -> str | None:
     try:
         return _check_endpoint(raw, name)
     except ConfigurationError as exc:
-        _ignore_env(name, repr(raw), str(exc), "no endpoint from this variable")
+        reason = str(exc).removeprefix(f"{name}={raw.strip()!r} ")
+        _ignore_env(name, repr(raw), reason, "no endpoint from this variable")
         return None
 
 
@@ -321,7 +334,8 @@ def _compat(value: str | list[str] | tuple[str, ...] | None, env: Mapping[str, s
         return frozenset(n for n in names if n in SEMCONV_COMPAT_OPTIONS)
     source = "init(semconv_compat=...)"
     if not isinstance(value, (str, list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ConfigurationError(f"{source}={value!r} is invalid: pass 'deprecated', 'llm' or a list of them.")
+        raise ConfigurationError(
+            f"init(semconv_compat={value!r}) is invalid: pass 'deprecated', 'llm' or a list of them.")
     names = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
     unknown = sorted(set(names) - set(SEMCONV_COMPAT_OPTIONS))
     if unknown:
@@ -415,7 +429,47 @@ def resolve_settings(
 
     A malformed environment variable is logged as a warning and ignored (see the module docstring).
     """
-    env = os.environ if environ is None else environ
+    token = _reported.set(set())
+    try:
+        return _resolve(
+            env=os.environ if environ is None else environ, service_name=service_name, service_version=service_version,
+            otlp_endpoint=otlp_endpoint, traces_endpoint=traces_endpoint, metrics_endpoint=metrics_endpoint,
+            protocol=protocol, headers=headers, traces_exporter=traces_exporter, metrics_exporter=metrics_exporter,
+            output_file=output_file, resource_attributes=resource_attributes, sampler=sampler,
+            sampler_arg=sampler_arg, capture_content=capture_content, semconv_compat=semconv_compat,
+            enable_gpu=enable_gpu, enable_nccl=enable_nccl, metric_export_interval_ms=metric_export_interval_ms,
+            use_existing_providers=use_existing_providers, shutdown_timeout=shutdown_timeout,
+            export_buffer_size=export_buffer_size,
+        )
+    finally:
+        _reported.reset(token)
+
+
+def _resolve(
+    *,
+    env: Mapping[str, str],
+    service_name: str | None,
+    service_version: str | None,
+    otlp_endpoint: str | None,
+    traces_endpoint: str | None,
+    metrics_endpoint: str | None,
+    protocol: str | None,
+    headers: Mapping[str, str] | str | None,
+    traces_exporter: str | None,
+    metrics_exporter: str | None,
+    output_file: str | os.PathLike[str] | None,
+    resource_attributes: Mapping[str, object] | None,
+    sampler: str | None,
+    sampler_arg: str | float | None,
+    capture_content: str | bool | CaptureMode | None,
+    semconv_compat: str | list[str] | tuple[str, ...] | None,
+    enable_gpu: bool | None,
+    enable_nccl: bool | None,
+    metric_export_interval_ms: int | None,
+    use_existing_providers: bool,
+    shutdown_timeout: float | None,
+    export_buffer_size: int | None,
+) -> TelemetrySettings:
     file = os.fspath(output_file) if output_file is not None else env.get(ENV_OUTPUT_FILE) or None
     common = dict(env=env, endpoint_arg=otlp_endpoint, protocol_arg=protocol, headers_arg=headers, output_file=file)
     traces = _signal("traces", signal_endpoint_arg=traces_endpoint, exporter_arg=traces_exporter, **common)  # type: ignore[arg-type]
