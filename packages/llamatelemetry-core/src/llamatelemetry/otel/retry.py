@@ -265,26 +265,30 @@ class _RetryBuffer(Generic[_T]):
         """Items waiting to be sent (including a send in progress)."""
         return self._buffered
 
-    def _wait_empty(self, deadline: float) -> bool:
+    def _wait_empty(self, deadline: float, *, until_failure: bool) -> bool:
         with self._cond:
             self._next_attempt = 0.0  # a flush tries now, whatever the backoff said
             self._cond.notify_all()
+            failed_before = self.stats.failed
             while self._buffered > 0 and not self._stopped:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (until_failure and self.stats.failed > failed_before):
                     return False
                 self._cond.wait(remaining)
             return self._buffered == 0
 
     def flush(self, timeout_s: float) -> bool:
-        """Send what is buffered now; False if the timeout ran out first."""
-        return self._wait_empty(time.monotonic() + timeout_s)
+        """Try to send what is buffered now; False if a send fails (the collector is down) or the timeout runs out.
+
+        It does not wait out an outage: the buffer keeps retrying in the background.
+        """
+        return self._wait_empty(time.monotonic() + timeout_s, until_failure=True)
 
     def close(self, deadline: float) -> int:
         """Try to send everything until ``deadline`` (monotonic), then stop; returns the items left undelivered."""
         with self._cond:
             self._closing = True
-        self._wait_empty(deadline)
+        self._wait_empty(deadline, until_failure=False)
         with self._cond:
             if self._stopped:
                 return 0
