@@ -268,7 +268,7 @@ def test_a_failed_write_is_an_error_span_and_leaves_nothing(
     telemetry.clear()
     with pytest.raises(TruncatedModelError, match="stops short"):
         quantize_gguf(broken, out, quant_type="Q4_K_M", nthread=1)
-    unknown = _unknown_architecture_gguf(tmp_path / "mystery.gguf")
+    unknown = unknown_architecture_gguf(tmp_path / "mystery.gguf")
     with pytest.raises(QuantizeFailedError, match=r"llama\.cpp could not quantize .*mystery.*unknown model "
                                                   r"architecture: 'mysterynet'"):
         quantize_gguf(unknown, out, quant_type="Q4_K_M", nthread=1)
@@ -279,7 +279,7 @@ def test_a_failed_write_is_an_error_span_and_leaves_nothing(
         "TruncatedModelError", "QuantizeFailedError"]
 
 
-def _unknown_architecture_gguf(path: Path) -> Path:
+def unknown_architecture_gguf(path: Path) -> Path:
     """A well-formed GGUF of an architecture llama.cpp does not know."""
     writer = gguf.GGUFWriter(path, "mysterynet")
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)

@@ -48,10 +48,11 @@ def llamatelemetry_register_load_drivers() -> list[LoadDriverSpec]:
 
 @hookimpl
 def llamatelemetry_register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
-    """``llamatelemetry demo``: a real instrumented llama.cpp inference."""
-    from llamatelemetry_llamacpp.demo import add_parser
+    """``llamatelemetry demo`` (a real instrumented llama.cpp inference) and ``llamatelemetry quantize`` (GGUF)."""
+    from llamatelemetry_llamacpp import demo, quantize_cli
 
-    add_parser(subparsers)
+    demo.add_parser(subparsers)
+    quantize_cli.add_parser(subparsers)
 
 
 @hookimpl

@@ -140,7 +140,8 @@ class QuantizeWriteError(GGUFQuantizeError, OSError):
         elif cause.errno == errno.EFBIG:
             what = "the file is larger than this system lets it grow (ulimit -f, or the filesystem's limit)"
         else:
-            what = f"check free space there ({_free_mib(Path(path).parent)}) and that the folder is writable"
+            what = (f"the disk may be full or the file may not grow there: check free space "
+                    f"({_free_mib(Path(path).parent)}), file size limits (ulimit -f) and that the folder is writable")
         super().__init__(cause.errno or errno.EIO, f"Could not write {path} ({cause.strerror or cause}): {what}.")
 
     def __str__(self) -> str:
