@@ -21,7 +21,7 @@ from llamatelemetry.quantization.gguf import GGUFExportError, UnsupportedArchite
 from llamatelemetry.testing import InMemoryTelemetry
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_gguf_export import (  # noqa: E402
+from test_gguf_export import (
     PROMPT,
     SAMPLES,
     byte_level_tokenizer,
@@ -38,7 +38,8 @@ pytest.importorskip("llama_cpp")
 pytest.importorskip("sentencepiece", reason="llama.cpp's converter imports it: pip install sentencepiece")
 
 ROOT = Path(__file__).resolve().parents[2]
-SDIST_DIR = Path(os.environ.get("LLAMATELEMETRY_TEST_LLAMA_CPP_SDIST") or ROOT / ".nox" / ".cache" / "llama-cpp-python-sdist")
+SDIST_DIR = Path(os.environ.get("LLAMATELEMETRY_TEST_LLAMA_CPP_SDIST")
+                 or ROOT / ".nox" / ".cache" / "llama-cpp-python-sdist")
 _MEMBERS = ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/conversion/", "vendor/llama.cpp/gguf-py/")
 
 
