@@ -74,6 +74,10 @@ def _llama_cpp_said(caplog: pytest.LogCaptureFixture, pattern: str) -> re.Match[
     return found
 
 
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
 def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
 
@@ -291,6 +295,25 @@ def unknown_architecture_gguf(path: Path) -> Path:
     return path
 
 
+def test_missing_packages_are_one_error_with_the_install_command(tiny256: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from llamatelemetry.errors import PluginNotInstalledError
+    from llamatelemetry.testing import fresh_plugin_manager
+    from llamatelemetry_llamacpp.quantize import GGUFPackageMissingError
+
+    with monkeypatch.context() as patched:
+        patched.setitem(sys.modules, "gguf", None)
+        with pytest.raises(GGUFPackageMissingError, match=r"Install it with: pip install gguf numpy"):
+            quantize_gguf(tiny256, tmp_path / "o.gguf", quant_type="Q8_0")
+    # Without the llama.cpp plugin, the core names the install command from its extras table.
+    with monkeypatch.context() as patched, fresh_plugin_manager():
+        patched.setitem(sys.modules, "llamatelemetry_llamacpp", None)
+        patched.setenv("LLAMATELEMETRY_DISABLE_PLUGINS", "llamacpp")
+        with pytest.raises(PluginNotInstalledError, match=r'pip install "llamatelemetry-core\[llamacpp\]"'):
+            QuantizationPipeline().run(str(tiny256), output_path=str(tmp_path / "o.gguf"), quant_type="Q4_K_M")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_inputs_say_what_to_give(tiny256: Path, tmp_path: Path) -> None:
     with pytest.raises(QuantizeInputError, match="no such file or folder") as raised:
         quantize_gguf(tmp_path / "missing", tmp_path / "o.gguf", quant_type="Q8_0")
@@ -332,7 +355,8 @@ def test_served_q4_k_m_generates_and_the_client_span_carries_its_gguf_facts(
     assert attrs["gen_ai.usage.output_tokens"] == 6
 
 
-def test_a_hugging_face_model_is_exported_then_quantized(tmp_path: Path, telemetry: InMemoryTelemetry) -> None:
+def test_a_hugging_face_model_is_exported_then_quantized(tmp_path: Path, telemetry: InMemoryTelemetry,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from llamatelemetry_transformers.testing import build_tiny_model
@@ -364,6 +388,17 @@ def test_a_hugging_face_model_is_exported_then_quantized(tmp_path: Path, telemet
     assert records[str(out.resolve())] == ("quantize", "output")
     assert ctx.output_artifact == str(out.resolve()) and ctx.base_model == "tiny-hf"
     assert _generate(out)
+
+    # The API reference's call as written: a model object (loaded from its folder, which has the tokenizer).
+    import transformers
+
+    (tmp_path / "seed").mkdir()
+    monkeypatch.chdir(tmp_path / "seed")
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    seed = QuantizationPipeline(pipeline_ctx=ctx).run(loaded, output_path="model-q4.gguf", quant_type="Q4_K_M")
+    assert seed.output_path == str(tmp_path / "seed" / "model-q4.gguf") and seed.quant_type == "Q4_K_M"
+    assert _file_type(tmp_path / "seed" / "model-q4.gguf") == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    assert _files(tmp_path / "seed") == ["model-q4.gguf"]
 
     # A model object with its tokenizer; the intermediate kept on request.
     kept = QuantizationPipeline().run(model, output_path=str(tmp_path / "obj-q8.gguf"), quant_type="Q8_0",

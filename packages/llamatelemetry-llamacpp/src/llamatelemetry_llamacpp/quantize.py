@@ -56,7 +56,9 @@ __all__ = [
     "ENGINE_LLAMA_CPP",
     "INSTALL_LLAMA_CPP",
     "PYTHON_TYPES",
+    "INSTALL_GGUF",
     "GGUFFacts",
+    "GGUFPackageMissingError",
     "GGUFQuantizeError",
     "QuantizeFailedError",
     "QuantizeInputError",
@@ -74,6 +76,7 @@ ENGINE_LLAMA_CPP: Final = "llama.cpp"
 ENGINE_GGUF_PY: Final = "gguf-py"
 #: How to get llama.cpp's quantizer: a source build; GGML_NATIVE=OFF avoids CPU paths that crash on some machines.
 INSTALL_LLAMA_CPP: Final = 'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install llama-cpp-python'
+INSTALL_GGUF: Final = "pip install gguf numpy"
 #: What the gguf package's Python quantizers produce (file types, as llama.cpp names them).
 PYTHON_TYPES: Final = ("F32", "F16", "BF16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
 _K_BLOCK: Final = 256
@@ -112,6 +115,15 @@ class QuantizerNotInstalledError(GGUFQuantizeError, ImportError):
             f"{quant_type} needs llama.cpp's quantizer, and llama-cpp-python is not installed (the gguf package's "
             f"Python quantizers make only {', '.join(PYTHON_TYPES)}). Install it with: {INSTALL_LLAMA_CPP}",
             name="llama_cpp")
+
+
+class GGUFPackageMissingError(GGUFQuantizeError, ImportError):
+    """The gguf package (and numpy), which the stage reads, checks and writes GGUF files with, is not installed."""
+
+    def __init__(self) -> None:
+        self.install_command = INSTALL_GGUF
+        super().__init__(f"GGUF quantization reads and checks GGUF files with the gguf package, which is not "
+                         f"installed. Install it with: {INSTALL_GGUF}", name="gguf")
 
 
 class QuantizeInputError(GGUFQuantizeError, FileNotFoundError):
@@ -457,6 +469,11 @@ def quantize_gguf(model: Any, output_path: str | os.PathLike[str] | None = None,
     from llamatelemetry.pipeline.spans import PipelineContext, PipelineTracer
 
     kind = _normalized(quant_type)
+    try:
+        import gguf  # noqa: F401  (checked here so a missing package is one clear error before any work)
+        import numpy  # noqa: F401
+    except ImportError as exc:
+        raise GGUFPackageMissingError() from exc
     chosen, llama_cpp = _pick_engine(kind, engine)  # before any work: an unknown type fails fast
     source, to_export = _source_of(model)
     target = Path(output_path) if output_path is not None else _default_output(source, to_export, kind)
