@@ -84,6 +84,7 @@ class PendingOp:
         "t1",
         "t_ret",
         "thread",
+        "waited",
         "work",
     )
 
@@ -113,6 +114,7 @@ class PendingOp:
         self.in_block = False
         self.arrival: Any = None
         self.finalized = False
+        self.waited = False
 
     def done(self, future: Any) -> None:
         """Future callback (gloo's thread): the collective completed now."""
@@ -153,6 +155,8 @@ class Run:
         self.capture = capture_all
         self.side_group: Any = None
         self.wake = threading.Event()
+        # Works timed by polling, by Work: their wait() returning is the fallback completion time.
+        self.waiting: dict[Any, PendingOp] = {}
         self._tensor_type = tensor_type
         self._mode_of = mode_of
         self._c10d_files = c10d_files
@@ -180,24 +184,26 @@ class Run:
         if mode is None:
             mode = self.modes[pg] = self._mode_of(pg)
         if p2p or mode == MODE_POLL:
-            record.mode = MODE_POLL
-            record.work = work
-            self.ring.append(record)
-            self.wake.set()
+            self._poll(record, work)
             return
         if mode == MODE_FUTURE:
             try:
                 work.get_future().add_done_callback(record.done)
-            except RuntimeError:  # a Work with no future: poll it
-                record.mode = MODE_POLL
-                record.work = work
-                self.ring.append(record)
-                self.wake.set()
+            except RuntimeError:  # a Work with no future (gloo's reduce_scatter, p2p): poll it
+                self._poll(record, work)
                 return
         else:
             record.mode = mode
             record.t_ret = _time_ns()
         self.ring.append(record)
+
+    def _poll(self, record: PendingOp, work: Any) -> None:
+        record.mode = MODE_POLL
+        record.work = work
+        record.t_ret = _time_ns()
+        self.waiting[work] = record
+        self.ring.append(record)
+        self.wake.set()
 
     def launch_failed(self, pg: Any, op: str, t0: int, exc: BaseException) -> None:
         """Record an op whose launch raised."""
@@ -215,17 +221,31 @@ class Run:
         frame: Any = _getframe(3)
         files = self._c10d_files
         if frame.f_code.co_filename in files:
-            name = frame.f_code.co_name
-            local = frame.f_locals.get("async_op")
-            record.async_op = bool(local) if local is not None else name.startswith(("isend", "irecv", "batch_"))
-            while frame is not None and frame.f_code.co_filename in files:
+            # The dist.* layer: its functions say whether the op is async (and call each other: send -> isend).
+            called: list[str] = []
+            async_op: Any = None
+            while frame is not None and (frame.f_code.co_filename in files or _is_decorator(frame.f_code)):
+                called.append(frame.f_code.co_name)
+                if async_op is None and frame.f_code.co_filename in files:
+                    async_op = frame.f_locals.get("async_op")
                 frame = frame.f_back
-                if frame is not None and frame.f_code.co_name == "batch_isend_irecv":
-                    record.async_op = True
+            if "batch_isend_irecv" in called:
+                record.async_op = True
+            elif "send" in called or "recv" in called:
+                record.async_op = False
+            elif called[0] in ("isend", "irecv"):
+                record.async_op = True
+            elif async_op is not None:
+                record.async_op = bool(async_op)
         if frame is not None:
             code = frame.f_code
             record.site = (getattr(code, "co_qualname", code.co_name), code.co_filename, frame.f_lineno)
         record.context = self._context_getter()
+
+
+def _is_decorator(code: Any) -> bool:
+    # typing_extensions.deprecated / warnings.deprecated wrap some dist.* functions.
+    return code.co_name == "wrapper" and "deprecated" in getattr(code, "co_qualname", "")
 
 
 class Active:
@@ -257,3 +277,21 @@ def make_wrapper(original: Any, op: str, arg_index: int | None, aux_index: int |
     traced.__doc__ = getattr(original, "__doc__", None)
     traced.__wrapped__ = original  # type: ignore[attr-defined]
     return traced
+
+
+def make_wait_wrapper(original: Any) -> Any:
+    """The replacement of ``Work.wait``: its return is the completion time of a Work that has no other signal."""
+
+    def wait(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        run = Active.run
+        if run is not None and run.waiting:
+            record = run.waiting.pop(self, None)
+            if record is not None and not record.t1:
+                record.waited = True
+                record.t1 = _time_ns()
+        return result
+
+    wait.__doc__ = getattr(original, "__doc__", None)
+    wait.__wrapped__ = original  # type: ignore[attr-defined]
+    return wait

@@ -32,7 +32,17 @@ from typing import Any
 from llamatelemetry_nccl import __version__
 from llamatelemetry_nccl import semconv as names
 from llamatelemetry_nccl.errors import SpansModeError
-from llamatelemetry_nccl.hotpath import METHODS, MODE_FUTURE, MODE_HOOK, MODE_POLL, STEP_END, Active, Run, make_wrapper
+from llamatelemetry_nccl.hotpath import (
+    METHODS,
+    MODE_FUTURE,
+    MODE_HOOK,
+    MODE_POLL,
+    STEP_END,
+    Active,
+    Run,
+    make_wait_wrapper,
+    make_wrapper,
+)
 from llamatelemetry_nccl.processor import Instruments, Processor, ProcessorConfig
 from llamatelemetry_nccl.steps import StepContext, step_root_span_id, step_trace_id
 from llamatelemetry_nccl.stragglers import ArrivalExchange, host_key
@@ -119,6 +129,7 @@ class TorchDistributedInstrumentor:
         self._run: Run | None = None
         self._processor: Processor | None = None
         self._originals: dict[str, Any] = {}
+        self._wait_original: Any = None
         self._side_group: Any = None
         self._deferred: tuple[Any, str, Any] | None = None
         self._rank = 0
@@ -188,6 +199,9 @@ class TorchDistributedInstrumentor:
                 continue
             self._originals[name] = original
             setattr(group_class, name, make_wrapper(original, op, arg_index, aux_index, p2p))
+        work_class = dist.distributed_c10d.Work
+        self._wait_original = work_class.__dict__["wait"]
+        work_class.wait = make_wait_wrapper(self._wait_original)
         Active.run = run
         _owner[:] = [self]
         return True
@@ -231,6 +245,9 @@ class TorchDistributedInstrumentor:
         if dist is not None:
             for name, original in self._originals.items():
                 setattr(dist.ProcessGroup, name, original)
+            if self._wait_original is not None:
+                dist.distributed_c10d.Work.wait = self._wait_original
+                self._wait_original = None
         self._originals.clear()
         processor = self._processor
         if processor is not None:

@@ -38,14 +38,16 @@ def job_id() -> str | None:
 
 def rank_attributes() -> dict[str, Any]:
     """Rank, local rank, world size, host and job id of this process (from an initialized group, else the env)."""
-    from llamatelemetry.distributed import ClusterTopology
+    from llamatelemetry.distributed import ClusterTopology, in_distributed_job
     from llamatelemetry.semconv import gpu as core_names
 
-    attributes: dict[str, Any] = {}
-    try:
-        attributes.update(ClusterTopology.detect(devices=()).resource_attributes())
-    except Exception:  # a malformed RANK is the GPU plugin's to report; still give the host
-        attributes[core_names.HOST_NAME] = socket.gethostname()
+    attributes: dict[str, Any] = {core_names.HOST_NAME: socket.gethostname()}
+    # Rank 0 of 1 would be a guess: without the launcher's variables or a group, say nothing about ranks.
+    if in_distributed_job():
+        try:
+            attributes.update(ClusterTopology.detect(devices=()).resource_attributes())
+        except Exception:  # a malformed RANK is the GPU plugin's to report
+            pass
     dist = sys.modules.get("torch.distributed")  # only when the application already imported it
     if dist is not None and dist.is_available() and dist.is_initialized():
         attributes[core_names.DISTRIBUTED_RANK] = dist.get_rank()

@@ -95,6 +95,7 @@ class Instruments:
 def reduce_op_name(aux: Any) -> str | None:
     """The reduce op's lowercase name from an options object, a ``ReduceOp`` or a ``RedOpType``."""
     op = getattr(aux, "reduceOp", aux)
+    op = getattr(op, "op", op)  # a ReduceOp wraps its RedOpType
     if op is None or (isinstance(op, (int, bool)) and not hasattr(op, "name")):
         return None
     name = getattr(op, "name", None)
@@ -125,7 +126,7 @@ class Processor(threading.Thread):
         self._instruments = instruments
         self._store = store
         self._store_prefix = store_prefix
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._pending: list[PendingOp] = []
         self._polling = False
         self._groups: dict[Any, GroupInfo] = {}
@@ -157,7 +158,7 @@ class Processor(threading.Thread):
     def stop(self, timeout_s: float = 2.0) -> None:
         """Finish what can be finished, end spans of ops still open, and stop."""
         self.flush(timeout_s)
-        self._stop.set()
+        self._halt.set()
         self._run.wake.set()
         self.join(timeout_s)
         if self._exchange is not None:
@@ -194,7 +195,7 @@ class Processor(threading.Thread):
 
     def run(self) -> None:
         while True:
-            stopping = self._stop.is_set()
+            stopping = self._halt.is_set()
             self._run.wake.wait(self.config.poll_s if self._polling else self.config.tick_s)
             self._run.wake.clear()
             try:
@@ -235,14 +236,11 @@ class Processor(threading.Thread):
         polling = False
         for record in self._pending:
             if not record.t1 and record.mode == MODE_POLL and record.work is not None:
-                try:
-                    if record.work.is_completed():
-                        record.t1 = time.time_ns()
-                except Exception as exc:
-                    record.t1 = time.time_ns()
-                    record.error = error_name(exc)
+                self._poll(record)
             if record.t1:
-                record.work = None
+                if record.work is not None:
+                    self._run.waiting.pop(record.work, None)
+                    record.work = None
                 self._finish(record)
                 continue
             if record.mode == MODE_POLL:
@@ -258,6 +256,22 @@ class Processor(threading.Thread):
         self._expire_awaiting()
         self._publish_progress()
         self._count_dropped()
+
+    def _poll(self, record: PendingOp) -> None:
+        work = record.work
+        try:
+            if work.is_completed():
+                record.t1 = time.time_ns()
+                return
+        except Exception as exc:
+            record.t1 = time.time_ns()
+            record.error = error_name(exc)
+            return
+        # Only our two references left (the record's and the waiting map's): the application dropped a Work
+        # that reports no completion (gloo's reduce_scatter) without waiting; all we know is its launch.
+        if sys.getrefcount(work) <= 3:
+            record.mode = "launch"
+            record.t1 = max(record.t_ret, record.t0)
 
     def _seal(self) -> None:
         if self._block:
@@ -319,6 +333,8 @@ class Processor(threading.Thread):
             return names.SOURCE_LAUNCH
         if record.gpu_s is not None:
             return names.SOURCE_GPU
+        if record.waited:
+            return names.SOURCE_WAIT
         return names.SOURCE_COMPLETION
 
     def _seconds(self, record: PendingOp) -> float:
