@@ -287,8 +287,9 @@ def _family(quant_type: str, engine: str) -> tuple[frozenset[str], int]:
     members = {base} if base in gguf.GGMLQuantizationType.__members__ else set()
     if engine == ENGINE_LLAMA_CPP and quant_type not in ("F32", "F16", "BF16", "Q8_0"):
         members |= {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K"}
-        if quant_type.startswith("IQ"):
-            members |= {name for name in gguf.GGMLQuantizationType.__members__ if name.startswith("IQ")} - {"IQ4_NL"}
+        if quant_type.startswith("IQ"):  # IQ4_NL is what the IQ types fall back to, unless it was asked for
+            members |= {name for name in gguf.GGMLQuantizationType.__members__
+                        if name.startswith("IQ") and (name != "IQ4_NL" or base == name)}
     blocks = [gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]][0] for name in members]
     return frozenset(members), max(blocks, default=1)
 
