@@ -12,6 +12,11 @@ the send to the first output chunk, ``llama_cpp.decode`` from there to the end):
 attributes beside the client's clock (the prompt figures on the prefill span when the first chunk
 carried them, the generation figures on the decode span), and all of them on the call's span.
 
+The client's recording can be switched off on its own, while the rest of telemetry stays on:
+``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` naming ``llamatelemetry_llamacpp_client`` (the
+``opentelemetry-instrument`` entry point of the client), or ``set_client_recording(False)``
+(what ``LlamaCppClientInstrumentor().uninstrument()`` calls). Trace context is still propagated.
+
 A recording may also be *borrowed*: a backend running under an engine marks its stream's chunks
 on the engine's generation (``CallRecording.within(current_generation())``) and leaves ending
 it to the engine.
@@ -21,11 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from llamatelemetry.inference.recording import Generation, start_generation
+from llamatelemetry.inference.recording import Generation, inactive_generation, start_generation
 from llamatelemetry.semconv import gen_ai
 from llamatelemetry_llamacpp import semconv as names
 from llamatelemetry_llamacpp.payloads import ApiCall
@@ -35,12 +41,35 @@ from llamatelemetry_llamacpp.transport import Endpoint
 if TYPE_CHECKING:
     from llamatelemetry.inference.base import InferenceResult
 
-__all__ = ["CallRecording", "PROVIDER"]
+__all__ = ["CallRecording", "PROVIDER", "CLIENT_ENTRY_POINT", "client_recording_enabled", "set_client_recording"]
 
 log = logging.getLogger("llamatelemetry.llama_cpp")
 
 #: ``gen_ai.provider.name`` of the client's spans.
 PROVIDER: Final = gen_ai.PROVIDER_LLAMA_CPP
+#: The client's ``opentelemetry_instrumentor`` entry-point name, as ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` takes it.
+CLIENT_ENTRY_POINT: Final = "llamatelemetry_llamacpp_client"
+#: Set by ``set_client_recording``; ``None``: on unless the environment variable names the client.
+_client_recording: bool | None = None
+
+
+def set_client_recording(enabled: bool | None) -> None:
+    """Switch the llama.cpp clients' call recording on or off (``None``: back to the environment's say)."""
+    global _client_recording
+    _client_recording = enabled
+
+
+def client_recording_enabled() -> bool:
+    """Whether the clients record their calls (telemetry must be active too)."""
+    if _client_recording is not None:
+        return _client_recording
+    disabled = os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "")
+    if not disabled:
+        return True
+    names_off = {name.strip() for name in disabled.split(",")}
+    return CLIENT_ENTRY_POINT not in names_off and "*" not in names_off
+
+
 #: The server's timings that describe each phase (the prompt's on the prefill span, the rest on the decode span).
 _PREFILL_TIMINGS: Final = frozenset({names.TIMINGS_CACHE_N, names.TIMINGS_PROMPT_N, names.TIMINGS_PROMPT_MS,
                                      names.TIMINGS_PROMPT_PER_SECOND})
@@ -63,7 +92,9 @@ class CallRecording:
     @classmethod
     def start(cls, call: ApiCall, endpoint: Endpoint, model: str | None,
               attributes: Mapping[str, Any] | None = None) -> CallRecording:
-        """Start recording ``call`` as a CLIENT generation (inactive when telemetry is off); ``attributes`` go on it."""
+        """Start recording ``call`` as a CLIENT generation (inactive when telemetry or client recording is off)."""
+        if not client_recording_enabled():
+            return cls(inactive_generation(), owned=True)
         generation = start_generation(
             lambda: call.inference_request(model), provider=PROVIDER, operation=call.operation, model=model,
             server_address=endpoint.address, server_port=endpoint.port, kind="client", stream=call.stream,

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
 __all__ = ["Generation", "start_generation", "current_generation", "telemetry_active", "request_from_payload",
-           "phase_span_name"]
+           "phase_span_name", "inactive_generation"]
 
 log = logging.getLogger("llamatelemetry.inference")
 
@@ -530,6 +530,14 @@ class _InactiveGeneration(Generation):
 
 
 _NOOP: Final[Generation] = _InactiveGeneration()
+
+
+def inactive_generation() -> Generation:
+    """The generation that records nothing (what ``start_generation`` returns while telemetry is off).
+
+    For an integration whose own recording the user switched off while telemetry stays on.
+    """
+    return _NOOP
 
 
 def start_generation(
