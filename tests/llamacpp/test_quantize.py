@@ -359,6 +359,7 @@ def test_a_hugging_face_model_is_exported_then_quantized(tmp_path: Path, telemet
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
+    pytest.importorskip("llamatelemetry_transformers", reason="the export stage is the transformers plugin's")
     from llamatelemetry_transformers.testing import build_tiny_model
 
     torch.set_num_threads(1)

@@ -120,6 +120,7 @@ def test_a_full_disk_fails_cleanly(tiny256: Path, tmp_path: Path, capsys: pytest
 def test_a_model_folder_exports_and_quantizes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
+    pytest.importorskip("llamatelemetry_transformers", reason="the export stage is the transformers plugin's")
     from llamatelemetry_transformers.testing import build_tiny_model
 
     torch.set_num_threads(1)
