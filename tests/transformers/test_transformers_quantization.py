@@ -18,6 +18,7 @@ from llamatelemetry.quantization import (
     QuantizationPipeline,
     StageNotFoundError,
     available_methods,
+    find_stage,
     method_for,
 )
 from llamatelemetry.testing import InMemoryTelemetry, fresh_plugin_manager
@@ -119,21 +120,56 @@ def test_a_model_without_linear_layers_is_refused_clearly() -> None:
     assert (span.attributes or {})["error.type"].endswith("QuantizationError")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
-@pytest.mark.may_skip("runs only on a machine without CUDA")
-def test_nf4_without_cuda_says_what_to_use_instead(llama: Any) -> None:
-    with pytest.raises(QuantizationUnavailableError, match="quantize_dynamic"):
-        QuantizationPipeline().run(llama, quant_type="nf4")
+def test_nf4_on_the_cpu_through_the_pipeline(tiny_llama_dir: Path, tokenizer: Any, tmp_path: Path) -> None:
+    bitsandbytes = pytest.importorskip("bitsandbytes", reason="pip install bitsandbytes")
+    ctx = PipelineContext()
+    with warnings.catch_warnings(), InMemoryTelemetry() as telemetry:
+        warnings.simplefilter("ignore")  # bitsandbytes announces that it found no GPU
+        result = QuantizationPipeline(pipeline_ctx=ctx).run(tiny_llama_dir, tmp_path / "nf4", quant_type="nf4",
+                                                            device_map="cpu")
+        span = telemetry.span("llamatelemetry.pipeline.quantize")
+    assert (result.method, result.quant_type, result.engine) == ("nf4", "nf4", "bitsandbytes-cpu")
+    linear = sum(1 for m in result.model.modules() if isinstance(m, bitsandbytes.nn.Linear4bit))
+    assert linear == 14 == (span.attributes or {})[pnames.QUANTIZATION_MODULES]  # 7 projections x 2 layers
+    assert (span.attributes or {})[pnames.QUANTIZATION_ENGINE] == "bitsandbytes-cpu"
+    assert result.size_after_bytes is not None and result.size_before_bytes is not None
+    assert result.size_after_bytes < result.size_before_bytes
+    # The 4-bit model still generates the requested number of tokens, and its saved folder is in the manifest.
+    assert _greedy(result.model, tokenizer).shape[1] == len(tokenizer(PROMPT)["input_ids"]) + 6
+    roles = {a.metadata["role"] for a in ctx.manifest}
+    assert roles == {"input", "output"} and ctx.manifest.verify().ok
+    assert (tmp_path / "nf4" / "config.json").is_file()
 
 
-def test_gguf_is_not_provided_and_says_what_is_needed(llama: Any) -> None:
-    from llamatelemetry.quantization.gguf import convert_to_gguf
+def test_nf4_without_bitsandbytes_says_how_to_install_it(llama: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(ImportError, match="pip install bitsandbytes") as raised:
+        QuantizationPipeline().run(llama, quant_type="nf4", device_map="cpu")
+    assert isinstance(raised.value, QuantizationUnavailableError)
 
-    with pytest.raises(GGUFNotAvailableError, match="llama-quantize") as raised:
-        QuantizationPipeline().run(llama, output_path="model-q4.gguf", quant_type="Q4_K_M")
+
+def test_gguf_export_is_provided_and_its_absence_says_what_is_needed(llama: Any, tokenizer: Any,
+                                                                     tmp_path: Path) -> None:
+    from llamatelemetry.quantization.gguf import UnsupportedTokenizerError, convert_to_gguf
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_gguf_export import spm_style_tokenizer, tiny_model
+
+    assert find_stage("export", "gguf").distribution == "llamatelemetry-transformers"
+    # The API reference's call, with a model object and its (byte-fallback) tokenizer.
+    spm = spm_style_tokenizer()
+    result = convert_to_gguf(tiny_model("llama", spm), tmp_path / "model-f16.gguf", outtype="f16", tokenizer=spm)
+    assert result.method == "gguf_export" and result.quant_type == "F16"
+    assert Path(result.output_path or "").stat().st_size == result.size_after_bytes
+    # The shared tiny tokenizer has no byte fallback: llama.cpp would abort on an unknown character, so it is refused.
+    with pytest.raises(UnsupportedTokenizerError, match="byte fallback"):
+        convert_to_gguf(llama, tmp_path / "tiny.gguf", tokenizer=tokenizer)
+    assert not (tmp_path / "tiny.gguf").exists()
+    with fresh_plugin_manager(), pytest.raises(GGUFNotAvailableError) as raised:
+        convert_to_gguf(llama, tmp_path / "again.gguf", tokenizer=tokenizer)
     assert isinstance(raised.value, NotImplementedError)
-    with pytest.raises(NotImplementedError, match=r"convert_hf_to_gguf\.py"):
-        convert_to_gguf(llama, "model-f16.gguf")
+    assert 'pip install "llamatelemetry-core[transformers]"' in str(raised.value)
+    assert not (tmp_path / "again.gguf").exists()
 
 
 def test_unknown_types_and_missing_stages(llama: Any) -> None:

@@ -156,7 +156,10 @@ def _from_object(model: Any, tokenizer: Any, scratch: Path) -> _Source:
         yield from state.items()
 
     files = tuple((path, "tokenizer") for path in tokenizer_files(tokenizer_dir)) if tokenizer is None else ()
-    return _Source(config=config.to_dict(), tensors=iterate, tokenizer_dir=tokenizer_dir, folder=None,
+    values = config.to_dict()
+    if not values.get("architectures"):  # set by save_pretrained; a model built in code has none yet
+        values["architectures"] = [type(model).__name__]
+    return _Source(config=values, tensors=iterate, tokenizer_dir=tokenizer_dir, folder=None,
                    files=files, name=Path(name_or_path).name if name_or_path else type(model).__name__)
 
 

@@ -73,6 +73,13 @@ def tokenizer_style(tokenizer_json: Mapping[str, Any], where: str = "tokenizer.j
     pre_types = {part.get("type") for part in _parts(tokenizer_json.get("pre_tokenizer"))}
     if kind == "BPE" and "ByteLevel" in pre_types:
         return "gpt2"
+    if kind == "BPE" and ("Metaspace" in pre_types or _space_prefix(tokenizer_json)):
+        # HF turns a character outside the vocabulary into <unk>; llama.cpp's SentencePiece tokenizer looks for
+        # its <0xNN> byte tokens and aborts the process when they are missing.
+        raise UnsupportedTokenizerError(
+            f"{where} holds a SentencePiece-style BPE tokenizer without byte fallback (model.byte_fallback is false, "
+            "no <0x00>..<0xFF> tokens): llama.cpp would abort on any character outside its vocabulary. Use a "
+            "tokenizer with byte fallback (as Llama 2 and Mistral have) or a byte-level one")
     listed = ", ".join(sorted(map(str, pre_types))) or "none"
     raise UnsupportedTokenizerError(
         f"{where} holds a {kind or 'unknown'} tokenizer (pre-tokenizers: {listed})"

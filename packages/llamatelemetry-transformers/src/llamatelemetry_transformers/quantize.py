@@ -36,6 +36,8 @@ _DYNAMIC_TYPES: Final = {"qint8": "qint8", "int8": "qint8", "dynamic": "qint8", 
                          "float16": "float16", "fp16": "float16"}
 _NF4_TYPES: Final = {"nf4": "nf4", "bnb_nf4": "nf4", "fp4": "fp4", "bnb_fp4": "fp4"}
 _WEIGHT_SUFFIXES: Final = (".safetensors", ".bin", ".pt", ".pth")
+# bitsandbytes quantizes to 4 bits on the CPU from this version on.
+_BNB_CPU_VERSION: Final = (0, 45)
 
 log = logging.getLogger("llamatelemetry.transformers")
 
@@ -45,8 +47,10 @@ class BitsandbytesNotInstalledError(QuantizationUnavailableError, ImportError):
 
     def __init__(self) -> None:
         self.install_command = "pip install bitsandbytes"
-        super().__init__("quantize_nf4 needs bitsandbytes, which is not installed. Install it on the CUDA machine "
-                         "with: pip install bitsandbytes", name="bitsandbytes")
+        # RuntimeError (through QuantizationError) comes before ImportError in the MRO and takes no name=.
+        ImportError.__init__(self, "quantize_nf4 needs bitsandbytes, which is not installed. Install it with: pip "
+                             "install bitsandbytes (>= 0.45 runs on the CPU too), or use quantize_dynamic (int8, "
+                             "torch only).", name="bitsandbytes")
 
 
 # ------------------------------------------------------------------ shared
@@ -191,46 +195,63 @@ def _base_model_name(model: Any, folder: Path | None) -> str | None:
 
 # ------------------------------------------------------------------ bitsandbytes NF4
 
-def _require_cuda(torch: Any) -> None:
-    if not torch.cuda.is_available():
-        build = getattr(getattr(torch, "version", None), "cuda", None)
-        detail = "this torch build has no CUDA support" if build is None else "no CUDA device is visible"
+def _nf4_device_map(torch: Any, device_map: Any) -> Any:
+    """Where bitsandbytes puts the 4-bit model: the caller's choice, else the current CUDA device, else the CPU."""
+    if device_map is not None:
+        return device_map
+    return {"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu"
+
+
+def _on_cpu(device_map: Any) -> bool:
+    values = device_map.values() if isinstance(device_map, dict) else [device_map]
+    return all(str(value) == "cpu" for value in values)
+
+
+def _import_bitsandbytes(on_cpu: bool) -> Any:
+    import importlib
+
+    try:
+        module = importlib.import_module("bitsandbytes")
+    except ImportError as exc:
+        if exc.name is not None and exc.name.split(".")[0] != "bitsandbytes":
+            raise
+        raise BitsandbytesNotInstalledError() from exc
+    version = tuple(int(part) for part in str(getattr(module, "__version__", "0")).split(".")[:2] if part.isdigit())
+    if on_cpu and version < _BNB_CPU_VERSION:
         raise QuantizationUnavailableError(
-            f"quantize_nf4 runs bitsandbytes 4-bit quantization on an NVIDIA GPU, and {detail} here "
-            f"(torch {torch.__version__}, torch.cuda.is_available() is False). On this machine use quantize_dynamic "
-            "(int8 on the CPU); on a CUDA machine install bitsandbytes (pip install bitsandbytes) and run it there.")
+            f"quantize_nf4 on the CPU needs bitsandbytes >= {'.'.join(map(str, _BNB_CPU_VERSION))} (installed: "
+            f"{getattr(module, '__version__', 'unknown')}): pip install --upgrade bitsandbytes, or run it on a CUDA "
+            "GPU, or use quantize_dynamic (int8 on the CPU).")
+    return module
 
 
 def quantize_nf4(model: Any, output_path: str | os.PathLike[str] | None = None, *, quant_type: str | None = "nf4",
                  ctx: PipelineContext | None = None, tracer: PipelineTracer | None = None,
-                 compute_dtype: str = "bfloat16", double_quant: bool = True,
+                 compute_dtype: str | None = None, double_quant: bool = True,
                  device_map: Any = None) -> QuantizationResult:
-    """Load the model in bitsandbytes 4-bit (``"nf4"`` or ``"fp4"``) on the GPU; save it to ``output_path``.
+    """Load the model in bitsandbytes 4-bit (``"nf4"`` or ``"fp4"``); save it to ``output_path``.
 
     ``model`` is a local folder written by ``save_pretrained``, or a model object (loaded from
-    such a folder, or saved to a temporary one first). Needs CUDA and bitsandbytes; without CUDA
-    it raises ``QuantizationUnavailableError`` saying what to use instead.
+    such a folder, or saved to a temporary one first). It runs on the current CUDA GPU when there
+    is one, else on the CPU (bitsandbytes >= 0.45); ``device_map`` chooses (``"cpu"``,
+    ``{"": 0}``, ``"auto"``). ``compute_dtype`` defaults to ``bfloat16`` on a GPU, ``float32`` on the CPU.
     """
     kind = _NF4_TYPES.get((quant_type or "nf4").strip().lower())
     if kind is None:
         raise ValueError(f"quantize_nf4 makes 'nf4' or 'fp4' weights, not quant_type={quant_type!r}; for int8 use "
                          "quantize_dynamic.")
     torch = import_torch("quantize_nf4")
-    _require_cuda(torch)
-    try:
-        import importlib
-
-        importlib.import_module("bitsandbytes")
-    except ImportError as exc:
-        if exc.name is not None and exc.name.split(".")[0] != "bitsandbytes":
-            raise
-        raise BitsandbytesNotInstalledError() from exc
+    placement = _nf4_device_map(torch, device_map)
+    on_cpu = _on_cpu(placement)
+    _import_bitsandbytes(on_cpu)
+    compute = compute_dtype or ("float32" if on_cpu else "bfloat16")
     transformers = import_transformers("quantize_nf4")
     folder = _model_folder(model)
     tracer, context = _tracer_and_context(ctx, tracer, _base_model_name(model, folder))
     started = time.perf_counter()
-    with tracer.span_quantize(context, **{names.QUANTIZATION_METHOD: "nf4",
-                                          names.QUANTIZATION_TYPE: kind}) as stage, \
+    with tracer.span_quantize(context, **{names.QUANTIZATION_METHOD: "nf4", names.QUANTIZATION_TYPE: kind,
+                                          names.QUANTIZATION_ENGINE: "bitsandbytes-cpu" if on_cpu
+                                          else "bitsandbytes-cuda"}) as stage, \
             tempfile.TemporaryDirectory(prefix="llamatelemetry-nf4-") as scratch:
         if folder is None:  # an in-memory model: bitsandbytes quantizes while loading, so save it first
             model.save_pretrained(scratch)
@@ -242,11 +263,10 @@ def quantize_nf4(model: Any, output_path: str | os.PathLike[str] | None = None, 
             _record_inputs(stage, folder)
             size_before = sum(path.stat().st_size for path, kind_ in _folder_files(folder) if kind_ == "model_weights")
         config = transformers.BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=kind, bnb_4bit_compute_dtype=getattr(torch, compute_dtype),
+            load_in_4bit=True, bnb_4bit_quant_type=kind, bnb_4bit_compute_dtype=getattr(torch, compute),
             bnb_4bit_use_double_quant=double_quant)
         quantized = transformers.AutoModelForCausalLM.from_pretrained(
-            source, quantization_config=config, local_files_only=True,
-            device_map=device_map if device_map is not None else {"": torch.cuda.current_device()})
+            source, quantization_config=config, local_files_only=True, device_map=placement)
         size_after = int(quantized.get_memory_footprint())
         modules = sum(1 for module in quantized.modules() if type(module).__name__ == "Linear4bit")
         stage.set_attributes({names.QUANTIZATION_SIZE_BEFORE: size_before, names.QUANTIZATION_SIZE_AFTER: size_after,
@@ -262,4 +282,4 @@ def quantize_nf4(model: Any, output_path: str | os.PathLike[str] | None = None, 
     return QuantizationResult(method="nf4", quant_type=kind, model=quantized, output_path=written,
                               size_before_bytes=size_before, size_after_bytes=size_after,
                               duration_s=time.perf_counter() - started, artifacts=tuple(stage.outputs),
-                              context=context)
+                              context=context, engine="bitsandbytes-cpu" if on_cpu else "bitsandbytes-cuda")
