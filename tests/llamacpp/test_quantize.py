@@ -354,6 +354,17 @@ def test_served_q4_k_m_generates_and_the_client_span_carries_its_gguf_facts(
     assert attrs[llama_names.MODEL_PARAMETERS] == facts.n_elements
     assert attrs["gen_ai.usage.output_tokens"] == 6
 
+    # In-process, the model-load span says the same.
+    from llamatelemetry_llamacpp.backend import LlamaCppBackend
+
+    backend = LlamaCppBackend(served, n_ctx=128, n_threads=1)
+    backend.start()
+    try:
+        load = dict(telemetry.span(llama_names.SPAN_MODEL_LOAD).attributes or {})
+    finally:
+        backend.shutdown()
+    assert load[llama_names.MODEL_FILE_TYPE] == "Q4_K_M" and load[llama_names.MODEL_FILE_SIZE] == facts.size_bytes
+
 
 def test_a_hugging_face_model_is_exported_then_quantized(tmp_path: Path, telemetry: InMemoryTelemetry,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:

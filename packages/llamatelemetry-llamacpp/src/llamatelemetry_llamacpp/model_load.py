@@ -131,7 +131,22 @@ def load_attributes(llama_cpp: Any, llm: Any, started_ns: int, started: float, m
     use_mmap = _uses_mmap(llama_cpp, llm.model_params)
     if use_mmap is not None:
         attributes[names.MODEL_MMAP] = use_mmap
+    file_type = _file_type(llama_cpp, model)
+    if file_type is not None:
+        attributes[names.MODEL_FILE_TYPE] = file_type
     return attributes
+
+
+def _file_type(llama_cpp: Any, model: Any) -> str | None:
+    """The loaded model's GGUF file type as llama.cpp names it (``Q4_K_M``), from its ``LLAMA_FTYPE_*`` constants."""
+    ftype = getattr(llama_cpp, "llama_model_ftype", None)
+    if ftype is None:  # older llama-cpp-python
+        return None
+    value = int(ftype(model.model))
+    for attr in dir(llama_cpp):
+        if attr.startswith(("LLAMA_FTYPE_MOSTLY_", "LLAMA_FTYPE_ALL_")) and getattr(llama_cpp, attr) == value:
+            return attr.removeprefix("LLAMA_FTYPE_MOSTLY_").removeprefix("LLAMA_FTYPE_ALL_")
+    return None
 
 
 def context_span(tracer: Any, llama_cpp: Any, llm: Any, n_ctx: int, start_ns: int, end_ns: int, *, parent: Any,
