@@ -1,0 +1,104 @@
+"""The Unsloth plugin with real Unsloth on the CPU: load_model, FastLanguageModel LoRA, SFTTrainer, merge, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llamatelemetry.pipeline import PipelineContext
+from llamatelemetry.pipeline import attributes as pnames
+from llamatelemetry.testing import InMemoryTelemetry
+from llamatelemetry_unsloth import semconv as names
+from llamatelemetry_unsloth.testing import SENTENCE
+
+torch = pytest.importorskip("torch")
+trl = pytest.importorskip("trl")
+datasets = pytest.importorskip("datasets")
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def _train(model: Any, tokenizer: Any, fast_language_model: Any, tmp_path: Path, steps: int = 6) -> Any:
+    model = fast_language_model.get_peft_model(model, r=8, lora_alpha=16, lora_dropout=0, bias="none",
+                                               target_modules=TARGETS, random_state=0)
+    config = trl.SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=steps, per_device_train_batch_size=2,
+                           learning_rate=5e-3, logging_steps=2, save_strategy="no", report_to=[], max_length=32,
+                           dataset_num_proc=1, disable_tqdm=True, seed=0)
+    trainer = trl.SFTTrainer(model=model, processing_class=tokenizer, args=config,
+                             train_dataset=datasets.Dataset.from_dict({"text": [SENTENCE] * 8}))
+    trainer.train()
+    return model
+
+
+def test_a_4bit_unsloth_fine_tune_is_traced_and_merges_into_a_reloaded_base(
+        tiny_llama_dir: Path, fast_language_model: Any, tmp_path: Path) -> None:
+    from llamatelemetry.unsloth import load_model, merge_lora_adapters
+
+    ctx = PipelineContext(base_model="tiny-llama-256")
+    with InMemoryTelemetry() as telemetry:
+        model, tokenizer = load_model(str(tiny_llama_dir), load_in_4bit=True, max_seq_length=64)
+        peft_model = _train(model, tokenizer, fast_language_model, tmp_path)
+        layer = next(module for name, module in peft_model.named_modules()
+                     if name.endswith("layers.0.self_attn.q_proj"))
+        delta = (layer.lora_B["default"].weight @ layer.lora_A["default"].weight).float() * layer.scaling["default"]
+        merged = merge_lora_adapters(peft_model, ctx=ctx, save_path=tmp_path / "merged")
+        spans = telemetry.spans()
+
+    def one(name: str) -> Any:
+        found = [s for s in spans if s.name == name]
+        assert found, f"no {name} span in {[s.name for s in spans]}"
+        return found[0]
+
+    load = one(names.SPAN_MODEL_LOAD).attributes
+    assert load[names.LOADER] == "unsloth" and load[names.MODEL_LOAD_IN_4BIT] is True
+    assert load[names.MODEL] == "tiny-llama-256" and load[names.MODEL_PARAMETERS] > 1_000_000
+    assert load[names.MEMORY_PEAK] > 0
+    attach = one(names.SPAN_ADAPTER_ATTACH).attributes
+    assert attach[names.LORA_RANK] == 8 and list(attach[names.LORA_TARGET_MODULES]) == sorted(TARGETS)
+    assert attach[names.TRAINABLE_PARAMETERS] == 2 * 8 * (2 * (256 + 256) + 2 * (256 + 128))
+    train = one(names.SPAN_TRAIN)
+    assert train.attributes[names.TRAINER] == "SFTTrainer" and train.attributes[names.STEP] == 6
+    steps = [e.attributes[names.STEP] for e in train.events if e.name == names.EVENT_LOG_STEP]
+    assert steps == [2, 4, 6]
+    assert all(e.attributes[names.LOSS] > 0 for e in train.events if e.name == names.EVENT_LOG_STEP)
+
+    stage = one(pnames.SPAN_PREFIX + pnames.STAGE_MERGE_LORA)
+    assert stage.status.status_code.name != "ERROR"
+    assert stage.attributes[names.MERGE_RELOADED_BASE] is True
+    assert stage.attributes[pnames.PIPELINE_ID] == ctx.pipeline_id
+    assert any(e.name == "llamatelemetry.train.merge.reload_base" for e in stage.events)
+    # The merge is 16-bit (here float32) weights: the unquantized base plus the trained adapter's delta.
+    assert not any(type(m).__name__ in ("Linear4bit",) or hasattr(m, "lora_A") for m in merged.modules())
+    from safetensors.torch import load_file
+
+    base = load_file(str(tiny_llama_dir / "model.safetensors"))["model.layers.0.self_attn.q_proj.weight"]
+    merged_weight = merged.model.layers[0].self_attn.q_proj.weight.detach().float()
+    assert torch.allclose(merged_weight, base.float() + delta.cpu(), atol=1e-4)
+    kinds = {Path(a.path).name: a.kind for a in ctx.manifest.artifacts}
+    assert kinds == {"model.safetensors": "model_weights", "config.json": "model_config"}
+
+
+def test_a_16bit_unsloth_model_merges_in_place(tiny_llama_dir: Path, fast_language_model: Any,
+                                               tmp_path: Path) -> None:
+    from llamatelemetry.unsloth import load_model, merge_lora_adapters
+
+    with InMemoryTelemetry() as telemetry:
+        model, tokenizer = load_model(str(tiny_llama_dir), load_in_4bit=False, max_seq_length=64)
+        merged = merge_lora_adapters(_train(model, tokenizer, fast_language_model, tmp_path, steps=2))
+        stage = telemetry.span(pnames.SPAN_PREFIX + pnames.STAGE_MERGE_LORA)
+    assert stage.attributes[names.MERGE_RELOADED_BASE] is False
+    assert stage.attributes[names.MERGED_MODULES] == 2 * len(TARGETS)
+    assert not any(hasattr(m, "lora_A") for m in merged.modules())
+
+
+def test_load_model_names_a_missing_folder(tmp_path: Path) -> None:
+    from llamatelemetry.unsloth import load_model
+    from llamatelemetry_unsloth.errors import ModelFolderNotFoundError
+
+    with InMemoryTelemetry() as telemetry:
+        with pytest.raises(ModelFolderNotFoundError, match="save_pretrained"):
+            load_model(str(tmp_path / "nowhere"), load_in_4bit=True)
+        span = telemetry.span(names.SPAN_MODEL_LOAD)
+    assert span.status.status_code.name == "ERROR"
