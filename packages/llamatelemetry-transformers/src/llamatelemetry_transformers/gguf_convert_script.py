@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from llamatelemetry.quantization.gguf import GGUFExportError, UnsupportedArchitectureError
+from llamatelemetry_transformers.semconv import GGUF_CONVERTER, GGUF_CONVERTER_EXIT_CODE
 
 if TYPE_CHECKING:
     from llamatelemetry.pipeline.spans import PipelineStage
@@ -28,9 +29,6 @@ __all__ = ["ENV_CONVERTER", "find_converter", "run_converter"]
 #: The environment variable naming llama.cpp's converter (the script, or the folder holding it).
 ENV_CONVERTER: Final = "LLAMATELEMETRY_GGUF_CONVERTER"
 SCRIPT_NAME: Final = "convert_hf_to_gguf.py"
-#: The converter's path on the export span, and its exit status.
-GGUF_CONVERTER: Final = "llamatelemetry.gguf.converter"
-GGUF_CONVERTER_EXIT_CODE: Final = "llamatelemetry.gguf.converter.exit_code"
 _TAIL_LINES: Final = 20
 
 

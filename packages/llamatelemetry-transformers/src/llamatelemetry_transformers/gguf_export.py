@@ -35,6 +35,7 @@ from llamatelemetry.quantization.stages import QuantizationResult
 from llamatelemetry_transformers._deps import import_torch
 from llamatelemetry_transformers.errors import ModelFolderNotFoundError
 from llamatelemetry_transformers.gguf_vocab import add_vocab, tokenizer_files
+from llamatelemetry_transformers.semconv import GGUF_ARCHITECTURE, GGUF_TOKENIZER, GGUF_TOKENIZER_PRE
 
 if TYPE_CHECKING:
     from llamatelemetry.pipeline.spans import PipelineContext, PipelineStage, PipelineTracer
@@ -50,11 +51,6 @@ _ARCHITECTURES: Final = {
     "Qwen2ForCausalLM": ("qwen2", False),
 }
 KNOWN_ARCHITECTURES: Final = tuple(_ARCHITECTURES)
-#: The GGUF ``general.architecture`` written (``llama``, ``qwen2``).
-GGUF_ARCHITECTURE: Final = "llamatelemetry.gguf.architecture"
-#: The GGUF tokenizer model (``llama``: SentencePiece-style, ``gpt2``: byte-level BPE) and llama.cpp's pre-tokenizer.
-GGUF_TOKENIZER: Final = "llamatelemetry.gguf.tokenizer"
-GGUF_TOKENIZER_PRE: Final = "llamatelemetry.gguf.tokenizer.pre"
 _ENGINE_WRITER: Final = "llamatelemetry"
 _ENGINE_SCRIPT: Final = "convert_hf_to_gguf.py"
 

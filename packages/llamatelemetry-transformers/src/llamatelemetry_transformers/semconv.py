@@ -79,5 +79,16 @@ CUDA_PEAK_AFTER: Final = "llamatelemetry.torch.cuda.memory.peak.after"
 #: Peak after minus allocated before: how far memory rose above the request's starting point.
 CUDA_PEAK_DELTA: Final = "llamatelemetry.torch.cuda.memory.peak.delta"
 
+# ---- GGUF export (the export_gguf stage span; the quantization.* names come from llamatelemetry.pipeline.attributes)
+#: The GGUF ``general.architecture`` written (``llama``, ``qwen2``, or what llama.cpp's converter chose).
+GGUF_ARCHITECTURE: Final = "llamatelemetry.gguf.architecture"
+#: The GGUF tokenizer model: ``llama`` (SentencePiece-style) or ``gpt2`` (byte-level BPE).
+GGUF_TOKENIZER: Final = "llamatelemetry.gguf.tokenizer"
+#: llama.cpp's pre-tokenizer for a byte-level tokenizer (``gpt-2``, ``llama-bpe``, ``qwen2``).
+GGUF_TOKENIZER_PRE: Final = "llamatelemetry.gguf.tokenizer.pre"
+#: The llama.cpp ``convert_hf_to_gguf.py`` that ran, and its exit status (only when it ran).
+GGUF_CONVERTER: Final = "llamatelemetry.gguf.converter"
+GGUF_CONVERTER_EXIT_CODE: Final = "llamatelemetry.gguf.converter.exit_code"
+
 # ---- metrics
 METRIC_MODEL_LOAD_DURATION: Final = "llamatelemetry.transformers.model.load.duration"  # s, histogram
