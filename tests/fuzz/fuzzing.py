@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 #: The long run's multiplier on each test's example count.
 FUZZ_SCALE = 25
 LONG_RUN = os.environ.get("LLAMATELEMETRY_FUZZ", "") not in ("", "0")
+#: pytest-timeout per test: a hang fails the test instead of holding the run.
+TEST_TIMEOUT_S = 1800 if LONG_RUN else 120
 
 # A parser handles one small input in microseconds; a 2 s deadline only trips on a real hang or blow-up
 # (never on a busy 2-core machine), and pytest-timeout (see each module's mark) ends a true infinite loop.

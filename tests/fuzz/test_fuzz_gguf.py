@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fuzzing import examples, mutated
+from fuzzing import TEST_TIMEOUT_S, examples, mutated
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +24,7 @@ from llamatelemetry_llamacpp.gguf_file import GGUFFileInfo, check_gguf_file
 gguf = pytest.importorskip("gguf", reason="pip install gguf numpy")
 np = pytest.importorskip("numpy")
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="llamatelemetry-fuzz-gguf-")) / "model.gguf"
 

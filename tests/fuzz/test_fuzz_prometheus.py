@@ -10,13 +10,13 @@ import math
 from pathlib import Path
 
 import pytest
-from fuzzing import examples, mutated
+from fuzzing import TEST_TIMEOUT_S, examples, mutated
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llamatelemetry_llamacpp.metrics_bridge import PrometheusFamily, instrument_name, parse_prometheus_text
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
 
 #: A real /metrics answer of llama.cpp's server (xllamacpp, SmolLM2-135M, after two requests).
 METRICS = (Path(__file__).parent / "data" / "metrics.prom").read_bytes()

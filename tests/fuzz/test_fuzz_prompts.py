@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fuzzing import examples, json_values, mutated
+from fuzzing import TEST_TIMEOUT_S, examples, json_values, mutated
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from llamatelemetry.bench.prompts import Prompt, PromptFileError, as_prompts, load_prompts
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="llamatelemetry-fuzz-prompts-")) / "prompts.jsonl"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
-from fuzzing import examples, json_values, mutated
+from fuzzing import TEST_TIMEOUT_S, examples, json_values, mutated
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +25,7 @@ from llamatelemetry_llamacpp.client import AsyncLlamaCppClient, LlamaCppClient
 from llamatelemetry_llamacpp.errors import LlamaCppError, StreamProtocolError
 from llamatelemetry_llamacpp.sse import StreamParser, sse_lines, stats_of
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
 
 DATA = Path(__file__).parent / "data"
 #: Real streams captured from llama.cpp's server (xllamacpp, SmolLM2-135M): chat and native /completion.
