@@ -157,3 +157,4 @@ def perf(session: nox.Session) -> None:
     session.run("python", "benchmarks/perf_llamacpp.py", env=env)
     session.run("python", "benchmarks/perf_bench.py", env=env)
     session.run("python", "benchmarks/perf_transformers.py", env=env)
+    session.run("python", "benchmarks/perf_nccl.py", env=env)
