@@ -8,6 +8,7 @@ append. Turning records into metrics and spans is the background processor's job
 
 from __future__ import annotations
 
+import queue
 import sys
 import threading
 import time
@@ -48,9 +49,13 @@ METHODS: dict[str, tuple[str, int | None, int | None, bool]] = {
 MODE_FUTURE = "future"  # gloo: Work.get_future() completes with the collective
 MODE_HOOK = "hook"  # NCCL: ProcessGroupNCCL's completion hook (CUDA-event duration)
 MODE_POLL = "poll"  # no usable future (point-to-point on gloo, other backends): poll Work.is_completed()
+MODE_LAUNCH = "launch"  # nothing but the launch is known (the launch raised, or the Work was dropped unwaited)
 
 #: Marks the end of a step in the ring (blocks of arrival exchanges close there on every rank).
 STEP_END = object()
+
+# Slots of the raw record the hot path appends: a list, because making one costs a tenth of an object.
+OP, PG, COUNT, ESIZE, DTYPE, AUX, T0, SEQ, STEP, THREAD, WORK, T_WAIT, P2P, SITE, ERROR = range(15)
 
 _time_ns = time.time_ns
 _get_ident = threading.get_ident
@@ -58,67 +63,64 @@ _getframe = sys._getframe
 
 
 class PendingOp:
-    """One launched collective, filled in by the hot path and its completion; the processor reads it."""
+    """One launched collective, made by the processor from the hot path's raw record; filled in until it ends."""
 
-    __slots__ = (
-        "arrival",
-        "async_op",
-        "aux",
-        "context",
-        "count",
-        "dtype",
-        "error",
-        "esize",
-        "finalized",
-        "gpu_s",
-        "in_block",
-        "mode",
-        "op",
-        "pg",
-        "seq",
-        "site",
-        "span",
-        "stalled",
-        "step",
-        "t0",
-        "t1",
-        "t_ret",
-        "thread",
-        "waited",
-        "work",
-    )
+    __slots__ = ("arrival", "async_op", "aux", "context", "count", "dtype", "error", "esize", "finalized", "gpu_s",
+                 "in_block", "mode", "op", "pg", "raw", "seq", "site", "span", "stalled", "step", "t0", "t_done",
+                 "thread", "work")
 
-    def __init__(self, op: str, pg: Any, count: int, esize: int, dtype: Any, aux: Any, t0: int, seq: int,
-                 step: Any, thread: int) -> None:
-        self.op = op
-        self.pg = pg
-        self.count = count
-        self.esize = esize
-        self.dtype = dtype
-        self.aux = aux
-        self.t0 = t0
-        self.t1 = 0
-        self.t_ret = 0
-        self.seq = seq
-        self.step = step
-        self.thread = thread
-        self.work: Any = None
+    def __init__(self, raw: list[Any]) -> None:
+        self.raw = raw
+        self.op: str = raw[OP]
+        self.pg: Any = raw[PG]
+        self.count: int = raw[COUNT]
+        self.esize: int = raw[ESIZE]
+        self.dtype: Any = raw[DTYPE]
+        self.aux: Any = raw[AUX]
+        self.t0: int = raw[T0]
+        self.seq: int = raw[SEQ]
+        self.step: Any = raw[STEP]
+        self.thread: int = raw[THREAD]
+        self.work: Any = raw[WORK]
+        raw[WORK] = None
+        site = raw[SITE]
+        self.site: tuple[str, str, int] | None = site[0] if site else None
+        self.async_op: bool | None = site[1] if site else None
+        self.context: Any = site[2] if site else None
+        self.t_done = 0
         self.mode = MODE_FUTURE
         self.error: str | None = None
-        self.site: tuple[str, str, int] | None = None
-        self.async_op: bool | None = None
-        self.context: Any = None
         self.stalled = False
         self.span: Any = None
         self.gpu_s: float | None = None
         self.in_block = False
         self.arrival: Any = None
         self.finalized = False
-        self.waited = False
+
+    @property
+    def t_wait(self) -> int:
+        """When ``wait()`` on its Work returned (0: not yet)."""
+        return int(self.raw[T_WAIT])
+
+    @property
+    def t1(self) -> int:
+        """The op's end: the earliest completion signal (0 while none has come)."""
+        done, waited = self.t_done, self.raw[T_WAIT]
+        if self.mode == MODE_HOOK:
+            return done  # on NCCL, wait() returning says nothing about the GPU
+        if done and waited:
+            return min(done, int(waited))
+        return int(done or waited)
+
+    @property
+    def waited(self) -> bool:
+        """Whether the end came from ``wait()`` returning rather than a completion signal."""
+        waited = self.raw[T_WAIT]
+        return self.mode != MODE_HOOK and bool(waited) and (not self.t_done or waited < self.t_done)
 
     def done(self, future: Any) -> None:
-        """Future callback (gloo's thread): the collective completed now."""
-        self.t1 = _time_ns()
+        """Future callback (gloo's thread, or the processor's when already complete): the op completed."""
+        self.t_done = _time_ns()
         try:
             future.value()
         except Exception as exc:  # a failed collective: the processor puts error.type on its span
@@ -144,23 +146,30 @@ def sizes(value: Any, tensor_type: Any) -> tuple[int, int, Any]:
 class Run:
     """What the hot path needs while instrumentation is active: the ring, counters, the current step."""
 
-    def __init__(self, ring_size: int, tensor_type: Any, mode_of: Callable[[Any], str],
-                 capture_all: bool, c10d_files: tuple[str, ...], context_getter: Callable[[], Any]) -> None:
+    def __init__(self, ring_size: int, tensor_type: Any, capture_all: bool, c10d_files: tuple[str, ...],
+                 context_getter: Callable[[], Any]) -> None:
         self.ring: deque[Any] = deque(maxlen=ring_size)
         self.seqs: dict[Any, int] = {}
-        self.modes: dict[Any, str] = {}
         self.issued = 0
         self.step: Any = None
         self.capture_all = capture_all
         self.capture = capture_all
         self.side_group: Any = None
-        self.wake = threading.Event()
-        # Works timed by polling, by Work: their wait() returning is the fallback completion time.
-        self.waiting: dict[Any, PendingOp] = {}
+        # The processor sleeps on the doorbell between ticks; flushes and exchange results ring it.
+        self.doorbell: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self.sleeping = False
+        # Raw records by Work: wait() returning stamps them (the completion time of a sync op, and the
+        # fallback of a Work that has no other signal).
+        self.waiting: dict[Any, list[Any]] = {}
         self._tensor_type = tensor_type
-        self._mode_of = mode_of
         self._c10d_files = c10d_files
         self._context_getter = context_getter
+
+    def ring_doorbell(self) -> None:
+        """Wake the processor (if it sleeps)."""
+        if self.sleeping:
+            self.sleeping = False
+            self.doorbell.put(None)
 
     def launched(self, work: Any, pg: Any, op: str, sized: Any, aux: Any, t0: int, p2p: bool) -> None:
         """Record a launched op (hot path)."""
@@ -177,70 +186,50 @@ class Run:
         seq = seqs.get(pg, 0) + 1
         seqs[pg] = seq
         self.issued += 1
-        record = PendingOp(op, pg, count, esize, dtype, aux, t0, seq, self.step, _get_ident())
-        if self.capture:
-            self._call_site(record)
-        mode = self.modes.get(pg)
-        if mode is None:
-            mode = self.modes[pg] = self._mode_of(pg)
-        if p2p or mode == MODE_POLL:
-            self._poll(record, work)
-            return
-        if mode == MODE_FUTURE:
-            try:
-                work.get_future().add_done_callback(record.done)
-            except RuntimeError:  # a Work with no future (gloo's reduce_scatter, p2p): poll it
-                self._poll(record, work)
-                return
-        else:
-            record.mode = mode
-            record.t_ret = _time_ns()
-        self.ring.append(record)
-
-    def _poll(self, record: PendingOp, work: Any) -> None:
-        record.mode = MODE_POLL
-        record.work = work
-        record.t_ret = _time_ns()
+        record = [op, pg, count, esize, dtype, aux, t0, seq, self.step, _get_ident(), work, 0, p2p,
+                  self._call_site() if self.capture else None]
         self.waiting[work] = record
+        # No wake-up here: the processor's next tick (a few ms) attaches the completion callback, so the
+        # caller never pays for it nor for a thread switch; sync ops are stamped by wait() meanwhile.
         self.ring.append(record)
-        self.wake.set()
 
     def launch_failed(self, pg: Any, op: str, t0: int, exc: BaseException) -> None:
         """Record an op whose launch raised."""
         seq = self.seqs.get(pg, 0) + 1
         self.seqs[pg] = seq
         self.issued += 1
-        record = PendingOp(op, pg, 0, 0, None, None, t0, seq, self.step, _get_ident())
-        record.t1 = _time_ns()
-        record.mode = "launch"
-        record.error = f"{type(exc).__module__}.{type(exc).__qualname__}"
-        self.ring.append(record)
+        error = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        self.ring.append([op, pg, 0, 0, None, None, t0, seq, self.step, _get_ident(), None, _time_ns(), False, None,
+                          error])
+        self.ring_doorbell()
 
-    def _call_site(self, record: PendingOp) -> None:
+    def _call_site(self) -> tuple[tuple[str, str, int] | None, bool | None, Any]:
         # Frames: 0 this, 1 launched, 2 the wrapper, 3 its caller (a dist.* function or direct PG user).
         frame: Any = _getframe(3)
         files = self._c10d_files
+        async_op: Any = None
         if frame.f_code.co_filename in files:
             # The dist.* layer: its functions say whether the op is async (and call each other: send -> isend).
             called: list[str] = []
-            async_op: Any = None
+            local: Any = None
             while frame is not None and (frame.f_code.co_filename in files or _is_decorator(frame.f_code)):
                 called.append(frame.f_code.co_name)
-                if async_op is None and frame.f_code.co_filename in files:
-                    async_op = frame.f_locals.get("async_op")
+                if local is None and frame.f_code.co_filename in files:
+                    local = frame.f_locals.get("async_op")
                 frame = frame.f_back
             if "batch_isend_irecv" in called:
-                record.async_op = True
+                async_op = True
             elif "send" in called or "recv" in called:
-                record.async_op = False
+                async_op = False
             elif called[0] in ("isend", "irecv"):
-                record.async_op = True
-            elif async_op is not None:
-                record.async_op = bool(async_op)
+                async_op = True
+            elif local is not None:
+                async_op = bool(local)
+        site = None
         if frame is not None:
             code = frame.f_code
-            record.site = (getattr(code, "co_qualname", code.co_name), code.co_filename, frame.f_lineno)
-        record.context = self._context_getter()
+            site = (getattr(code, "co_qualname", code.co_name), code.co_filename, frame.f_lineno)
+        return site, async_op, self._context_getter()
 
 
 def _is_decorator(code: Any) -> bool:
@@ -287,9 +276,8 @@ def make_wait_wrapper(original: Any) -> Any:
         run = Active.run
         if run is not None and run.waiting:
             record = run.waiting.pop(self, None)
-            if record is not None and not record.t1:
-                record.waited = True
-                record.t1 = _time_ns()
+            if record is not None and not record[T_WAIT]:
+                record[T_WAIT] = _time_ns()
         return result
 
     wait.__doc__ = getattr(original, "__doc__", None)

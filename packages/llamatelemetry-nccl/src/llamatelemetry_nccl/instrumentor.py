@@ -34,9 +34,6 @@ from llamatelemetry_nccl import semconv as names
 from llamatelemetry_nccl.errors import SpansModeError
 from llamatelemetry_nccl.hotpath import (
     METHODS,
-    MODE_FUTURE,
-    MODE_HOOK,
-    MODE_POLL,
     STEP_END,
     Active,
     Run,
@@ -115,7 +112,7 @@ class TorchDistributedInstrumentor:
 
     def __init__(self, spans: str | None = None, *, run_id: str | None = None, stall_timeout_s: float | None = None,
                  slow_op_s: float = 1.0, step_sample_every: int = 10, arrival_every: int = 64,
-                 trust_clocks: bool | None = None, ring_size: int = 65536, tick_s: float = 0.05,
+                 trust_clocks: bool | None = None, ring_size: int = 65536, tick_s: float = 0.005,
                  exchange_timeout_s: float = 300.0) -> None:
         self.spans = resolve_spans_mode(spans)
         self._run_id_arg = run_id
@@ -174,8 +171,7 @@ class TorchDistributedInstrumentor:
         if self.config.arrival_every > 0 and world > 1:
             self._side_group = dist.new_group(backend="gloo",
                                               timeout=datetime.timedelta(seconds=self.exchange_timeout_s))
-        run = Run(self.ring_size, torch.Tensor, self._mode_of, self.spans == "all", _c10d_files(dist),
-                  _current_context)
+        run = Run(self.ring_size, torch.Tensor, self.spans == "all", _c10d_files(dist), _current_context)
         run.side_group = self._side_group
         self._run = run
         gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -325,23 +321,6 @@ class TorchDistributedInstrumentor:
         if self._rank == 0:
             store.set(key, uuid.uuid4().hex)
         return bytes(store.get(key)).decode()
-
-    def _mode_of(self, pg: Any) -> str:
-        try:
-            backend = str(pg.name()).lower()
-        except Exception:
-            return MODE_POLL
-        if backend == "gloo":
-            return MODE_FUTURE
-        if backend == "nccl" and self._processor is not None:
-            processor = self._processor
-            try:
-                pg._enable_collectives_timing()
-                pg._register_on_completion_hook(lambda info: processor.on_nccl_completion(pg, info))
-                return MODE_HOOK
-            except Exception as exc:
-                _say_once(f"NCCL completion hook unavailable ({exc}); timing NCCL ops by polling is_completed().")
-        return MODE_POLL
 
 
 def _without_exchange(config: ProcessorConfig) -> ProcessorConfig:

@@ -10,6 +10,7 @@ never arrived).
 from __future__ import annotations
 
 import logging
+import queue
 import sys
 import threading
 import time
@@ -22,7 +23,19 @@ import attrs
 
 from llamatelemetry_nccl import semconv as names
 from llamatelemetry_nccl.bandwidth import bandwidths, collective_bytes, size_bucket
-from llamatelemetry_nccl.hotpath import MODE_HOOK, MODE_POLL, STEP_END, PendingOp, Run
+from llamatelemetry_nccl.hotpath import (
+    ERROR,
+    MODE_FUTURE,
+    MODE_HOOK,
+    MODE_LAUNCH,
+    MODE_POLL,
+    P2P,
+    STEP_END,
+    T_WAIT,
+    WORK,
+    PendingOp,
+    Run,
+)
 from llamatelemetry_nccl.stragglers import Arrival, ArrivalExchange
 
 log = logging.getLogger("llamatelemetry.nccl")
@@ -64,7 +77,7 @@ class ProcessorConfig:
     slow_op_s: float = 1.0
     stall_timeout_s: float | None = None
     arrival_every: int = 64
-    tick_s: float = 0.05
+    tick_s: float = 0.005
     poll_s: float = 0.0002
     skew_wait_s: float = 2.0
     min_stall_s: float = 60.0
@@ -130,6 +143,7 @@ class Processor(threading.Thread):
         self._pending: list[PendingOp] = []
         self._polling = False
         self._groups: dict[Any, GroupInfo] = {}
+        self._modes: dict[Any, str] = {}
         self._default = dist.distributed_c10d._get_default_group()
         self._block: list[PendingOp] = []
         self._sealed: deque[list[PendingOp]] = deque()
@@ -159,7 +173,7 @@ class Processor(threading.Thread):
         """Finish what can be finished, end spans of ops still open, and stop."""
         self.flush(timeout_s)
         self._halt.set()
-        self._run.wake.set()
+        self._run.doorbell.put(None)
         self.join(timeout_s)
         if self._exchange is not None:
             self._exchange.stop()
@@ -181,7 +195,7 @@ class Processor(threading.Thread):
         self._force_open = True
         try:
             while time.monotonic() < deadline:
-                self._run.wake.set()
+                self._run.ring_doorbell()
                 if not self._run.ring and not self._pending and not self._awaiting:
                     return True
                 time.sleep(0.005)
@@ -194,10 +208,17 @@ class Processor(threading.Thread):
         self._hook_infos.append((pg, info))
 
     def run(self) -> None:
+        run = self._run
         while True:
             stopping = self._halt.is_set()
-            self._run.wake.wait(self.config.poll_s if self._polling else self.config.tick_s)
-            self._run.wake.clear()
+            if not stopping:
+                run.sleeping = True
+                if not run.ring:  # checked after raising the flag: a record appended since rings the bell
+                    try:
+                        run.doorbell.get(timeout=self.config.poll_s if self._polling else self.config.tick_s)
+                    except queue.Empty:
+                        pass
+                run.sleeping = False
             try:
                 self.tick()
             except Exception as exc:  # telemetry never breaks the job: log once per kind and go on
@@ -223,6 +244,7 @@ class Processor(threading.Thread):
                 self._drained -= 1
                 self._seal()
                 continue
+            item = self._adopt(item)
             self._pending.append(item)
             self._progress[item.pg] = item.seq
             if self._exchange is not None and item.pg is self._default:
@@ -241,6 +263,7 @@ class Processor(threading.Thread):
                 if record.work is not None:
                     self._run.waiting.pop(record.work, None)
                     record.work = None
+                record.raw[WORK] = None
                 self._finish(record)
                 continue
             if record.mode == MODE_POLL:
@@ -257,21 +280,63 @@ class Processor(threading.Thread):
         self._publish_progress()
         self._count_dropped()
 
+    def _adopt(self, raw: list[Any]) -> PendingOp:
+        record = PendingOp(raw)
+        if len(raw) > ERROR:
+            record.mode = MODE_LAUNCH
+            record.error = raw[ERROR]
+            return record
+        mode = MODE_POLL if raw[P2P] else self.mode_of(record.pg)
+        if mode == MODE_FUTURE and not raw[T_WAIT]:
+            try:
+                # Attached here, off the caller's thread (it costs ~2 us); an op that already completed calls
+                # back at once, and wait() returning, if earlier, wins.
+                record.work.get_future().add_done_callback(record.done)
+            except RuntimeError:  # a Work with no future (gloo's reduce_scatter): polled, or its wait()
+                mode = MODE_POLL
+        record.mode = mode
+        if mode == MODE_HOOK:  # wait() on NCCL returns before the GPU is done: the hook alone times it
+            self._run.waiting.pop(record.work, None)
+            record.work = None
+        return record
+
+    def mode_of(self, pg: Any) -> str:
+        """How ``pg``'s ops are timed (decided once per group; registers the NCCL completion hook)."""
+        mode = self._modes.get(pg)
+        if mode is not None:
+            return mode
+        try:
+            backend = str(pg.name()).lower()
+        except Exception:
+            backend = ""
+        mode = MODE_POLL
+        if backend == "gloo":
+            mode = MODE_FUTURE
+        elif backend == "nccl":
+            try:
+                pg._enable_collectives_timing()
+                pg._register_on_completion_hook(lambda info: self.on_nccl_completion(pg, info))
+                mode = MODE_HOOK
+            except Exception as exc:
+                log.info("NCCL completion hook unavailable (%s); timing NCCL ops by polling is_completed().", exc)
+        self._modes[pg] = mode
+        return mode
+
     def _poll(self, record: PendingOp) -> None:
         work = record.work
         try:
             if work.is_completed():
-                record.t1 = time.time_ns()
+                record.t_done = time.time_ns()
                 return
         except Exception as exc:
-            record.t1 = time.time_ns()
+            record.t_done = time.time_ns()
             record.error = error_name(exc)
             return
         # Only our two references left (the record's and the waiting map's): the application dropped a Work
         # that reports no completion (gloo's reduce_scatter) without waiting; all we know is its launch.
         if sys.getrefcount(work) <= 3:
-            record.mode = "launch"
-            record.t1 = max(record.t_ret, record.t0)
+            record.mode = MODE_LAUNCH
+            record.t_done = record.t0
 
     def _seal(self) -> None:
         if self._block:
@@ -291,7 +356,7 @@ class Processor(threading.Thread):
     def _deliver(self, block: list[Any], arrivals: list[Arrival]) -> None:
         # Called on the exchange thread; the processor applies it on its own.
         self._delivered.append((block, arrivals))
-        self._run.wake.set()
+        self._run.ring_doorbell()
 
     def _match_hook_infos(self) -> None:
         while self._hook_infos:
@@ -304,7 +369,7 @@ class Processor(threading.Thread):
                     end = int(finished.timestamp() * 1e9) if hasattr(finished, "timestamp") else time.time_ns()
                     if seconds is not None and seconds > 0:
                         record.gpu_s = seconds
-                    record.t1 = max(end, record.t0 + 1)
+                    record.t_done = max(end, record.t0 + 1)
                     break
 
     # ---------------------------------------------------------------- finishing
@@ -329,7 +394,7 @@ class Processor(threading.Thread):
         return info
 
     def _source(self, record: PendingOp) -> str:
-        if record.mode == "launch":
+        if record.mode == MODE_LAUNCH:
             return names.SOURCE_LAUNCH
         if record.gpu_s is not None:
             return names.SOURCE_GPU
