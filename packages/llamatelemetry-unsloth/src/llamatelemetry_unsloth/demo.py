@@ -91,14 +91,13 @@ def _size(size: int) -> str:
 def _artifact_table(run: PipelineRun) -> list[str]:
     lines = []
     for artifact in run.context.manifest.artifacts:
-        if artifact.metadata.get("role") != "output":
-            continue
         try:
             shown = Path(artifact.path).relative_to(run.workdir).as_posix()
         except ValueError:
             shown = artifact.path
-        lines.append(f"  {artifact.metadata.get('stage', ''):<12} {artifact.kind:<18} {_size(artifact.size_bytes):>10}"
-                     f"  sha256 {artifact.sha256[:12]}  {shown}")
+        where = f"{artifact.metadata.get('stage', '')} {artifact.metadata.get('role', '')}"
+        lines.append(f"  {where:<19} {artifact.kind:<17} {_size(artifact.size_bytes):>9}  "
+                     f"sha256 {artifact.sha256[:12]}  {shown}")
     return lines
 
 

@@ -111,10 +111,21 @@ def _finetune(stage: PipelineStage, workdir: Path, model_dir: Path | None, sente
     adapter_dir = workdir / "adapter"
     model.save_pretrained(adapter_dir)
     for path in sorted(adapter_dir.iterdir()):
-        if path.is_file():
-            stage.add_output(path, "lora_adapter" if path.suffix in (".safetensors", ".bin") else "lora_config")
+        if path.suffix in (".safetensors", ".bin"):
+            stage.add_output(path, "lora_adapter")
+        elif path.name == "adapter_config.json":
+            stage.add_output(path, "lora_config")
     stage.set_attributes({names.STEP: steps, **({names.LOSS: loss} if loss is not None else {})})
     return model, tokenizer, loss, adapter_dir
+
+
+def _read(stage: PipelineStage, path: Path, kind: str) -> None:
+    """Record ``path`` as the stage's input; a file an earlier stage wrote keeps that stage's manifest record."""
+    recorded = stage.context.manifest.get(path)
+    if recorded is None:
+        stage.add_input(path, kind)
+    else:
+        stage.inputs.append(recorded)
 
 
 def _benchmark(stage: PipelineStage, workdir: Path, gguf: Path, prompt: str, requests: int, tokens: int,
@@ -134,7 +145,7 @@ def _benchmark(stage: PipelineStage, workdir: Path, gguf: Path, prompt: str, req
     if summary.output_tokens_per_s is not None:
         attributes[names.BENCH_OUTPUT_TPS] = summary.output_tokens_per_s
     stage.set_attributes(attributes)
-    stage.add_input(gguf, "gguf_model")
+    _read(stage, gguf, "gguf_model")
     saved = report.save(workdir / "benchmark.json")
     stage.add_output(saved, "benchmark_report")
     if summary.failed:
@@ -149,7 +160,7 @@ def _deploy(stage: PipelineStage, workdir: Path, gguf: Path, prompt: str, max_to
 
     # The llama.cpp plugin's server manager, through the core's name for it (a plugin imports no other plugin).
     llama = importlib.import_module("llamatelemetry.llama")
-    stage.add_input(gguf, "gguf_model")
+    _read(stage, gguf, "gguf_model")
     server = llama.ServerManager(log_dir=workdir)
     started = time.perf_counter()
     server.start_server(gguf, gpu_layers=gpu_layers, port=None, ctx_size=512, threads=threads)
