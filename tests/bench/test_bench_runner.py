@@ -99,9 +99,27 @@ def test_poisson_arrivals_follow_the_seeded_schedule(bench_server: Any) -> None:
     assert test.mode == "rate" and test.name == "rate=40/s" and test.request_rate == 40.0
     expected = poisson_schedule(40.0, 10, seed=3)
     assert [round(r.scheduled_s, 9) for r in test.requests] == [round(e, 9) for e in expected]
-    # Open loop: each request goes out when it is due, whatever the others are doing.
-    assert all(r.sent_s - r.scheduled_s < 0.05 for r in test.requests)
+    # Each request goes out when it is due: never early (exact, up to the clocks' rounding), and late only by
+    # event-loop wake-ups, bounded loosely since a busy 2-core machine can delay any one of them (a per-request
+    # 50 ms bound flaked). That the loop never waits for an answer is checked structurally in the next test.
+    lags = [r.sent_s - r.scheduled_s for r in test.requests]
+    assert min(lags) >= -1e-3, lags
+    assert statistics.median(lags) < 0.5, lags
     assert test.summary.metrics["schedule_lag_ms"].max is not None
+
+
+def test_the_open_loop_never_waits_for_an_answer(bench_server: Any) -> None:
+    """Requests all due at once all go out before any answer is read: the runner does not wait for one.
+
+    Structural, not timed: at this rate every request is already due when the loop reaches it, so all are
+    started before the event loop gets to read any response, however busy the machine is.
+    """
+    report = _runner().run(bench_server.base_url, prompts=SHORT, n_tokens=8, request_rate=1e9, num_requests=6,
+                           seed=3, warmup=0)
+    requests = report.tests[0].requests
+    assert len(requests) == 6 and all(r.ok and r.e2e_ms is not None for r in requests)
+    first_answer_end = min(r.sent_s + (r.e2e_ms or 0.0) / 1e3 for r in requests)
+    assert max(r.sent_s for r in requests) < first_answer_end
 
 
 def test_poisson_schedule_is_seeded_and_has_the_asked_rate() -> None:
