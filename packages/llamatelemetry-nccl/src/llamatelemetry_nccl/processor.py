@@ -359,18 +359,20 @@ class Processor(threading.Thread):
         self._run.ring_doorbell()
 
     def _match_hook_infos(self) -> None:
+        # NCCL completes a group's works in launch order: the oldest open record of the group is the one.
         while self._hook_infos:
-            pg, info = self._hook_infos.popleft()
-            for record in self._pending:
-                if record.pg is pg and record.mode == MODE_HOOK and not record.t1:
-                    duration: Any = getattr(info, "active_duration", None)
-                    seconds = duration.total_seconds() if hasattr(duration, "total_seconds") else None
-                    finished: Any = getattr(info, "time_finished", None)
-                    end = int(finished.timestamp() * 1e9) if hasattr(finished, "timestamp") else time.time_ns()
-                    if seconds is not None and seconds > 0:
-                        record.gpu_s = seconds
-                    record.t_done = max(end, record.t0 + 1)
-                    break
+            pg, info = self._hook_infos[0]
+            record = next((r for r in self._pending if r.pg is pg and r.mode == MODE_HOOK and not r.t_done), None)
+            if record is None:
+                return  # its record is still in the ring: next tick
+            self._hook_infos.popleft()
+            duration: Any = getattr(info, "active_duration", None)
+            seconds = duration.total_seconds() if hasattr(duration, "total_seconds") else None
+            finished: Any = getattr(info, "time_finished", None)
+            end = int(finished.timestamp() * 1e9) if hasattr(finished, "timestamp") else time.time_ns()
+            if seconds is not None and seconds > 0:
+                record.gpu_s = seconds
+            record.t_done = max(end, record.t0 + 1)
 
     # ---------------------------------------------------------------- finishing
     def group(self, pg: Any) -> GroupInfo:
