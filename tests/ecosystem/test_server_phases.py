@@ -71,7 +71,7 @@ def test_streamed_chat_has_real_time_phase_children(telemetry: InMemoryTelemetry
     assert before <= chat.start_time == prefill.start_time
     assert prefill.start_time < prefill.end_time == decode.start_time <= decode.end_time <= chat.end_time <= after
     ttfc = chat.attributes[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK]
-    assert abs((prefill.end_time - prefill.start_time) / 1e9 - ttfc) < 0.002
+    assert abs((prefill.end_time - prefill.start_time) / 1e9 - ttfc) < 0.01  # the same moments, two clocks
     assert prefill.attributes[core_names.PHASE] == core_names.PHASE_PREFILL
     assert decode.attributes[core_names.PHASE] == core_names.PHASE_DECODE
     output_tokens = chat.attributes[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS]
