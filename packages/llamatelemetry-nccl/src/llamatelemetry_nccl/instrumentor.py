@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
@@ -200,7 +201,12 @@ class TorchDistributedInstrumentor:
         work_class.wait = make_wait_wrapper(self._wait_original)
         Active.run = run
         _owner[:] = [self]
+        # Registered after init(), so it runs before telemetry's own exit flush: pending ops become spans first.
+        atexit.register(self._at_exit)
         return True
+
+    def _at_exit(self) -> None:
+        self.uninstrument(timeout_s=1.0)
 
     def instrument_when_ready(self) -> bool:
         """Instrument now if a process group exists, else right after ``init_process_group()`` returns."""
@@ -236,6 +242,7 @@ class TorchDistributedInstrumentor:
         run = self._run
         if run is None:
             return
+        atexit.unregister(self._at_exit)
         dist = _import_dist()
         Active.run = None
         if dist is not None:
