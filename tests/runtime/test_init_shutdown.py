@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -212,6 +213,32 @@ def test_existing_application_provider_is_used_not_replaced(run_python: Any, tmp
     assert data == {"same": True, "global_kept": True, "app_saw": ["inside"]}
     ours = [r["name"] for r in _read_jsonl(tmp_path / "ours.jsonl") if r["signal"] == "span"]
     assert ours == ["inside"], "the explicitly requested output also gets the spans"
+
+
+def test_otel_exporter_variables_add_no_second_exporter_to_an_application_provider(run_python: Any) -> None:
+    # opentelemetry-instrument's distro configures the global provider from OTEL_TRACES_EXPORTER=otlp
+    # and the endpoint variables; init() reading the same variables must not export every span twice.
+    env = dict(os.environ, OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9",
+               OTEL_METRICS_EXPORTER="none")
+    result = run_python("""
+        import logging
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        import llamatelemetry
+
+        logging.basicConfig(level=logging.INFO)
+        trace.set_tracer_provider(TracerProvider())
+        from_variables = llamatelemetry.init(service_name="zero-code")
+        print(from_variables.span_processor is None)
+        llamatelemetry.shutdown()
+        explicit = llamatelemetry.init(service_name="asked", otlp_endpoint="http://127.0.0.1:9",
+                                       shutdown_timeout=0.2)
+        print(explicit.span_processor is not None)
+        llamatelemetry.shutdown()
+        """, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True"]
+    assert "adds no second otlp exporter" in result.stderr
 
 
 def test_providers_can_be_replaced_when_asked(run_python: Any) -> None:

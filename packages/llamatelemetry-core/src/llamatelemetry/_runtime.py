@@ -321,8 +321,15 @@ def _start(settings: TelemetrySettings, pm: Any, queue_size: int, readers: tuple
     app_tp = _app_tracer_provider() if settings.use_existing_providers else None
     span_processor: QueueingSpanProcessor | None = None
     exporter_kind = settings.traces.exporter
-    # On an application's provider, add an exporter only when one was asked for explicitly.
-    if app_tp is not None and exporter_kind == "console":
+    # On an application's provider, add an exporter only when init()'s arguments asked for one (or
+    # for llamatelemetry's own output file). That provider was configured from the same OTEL_*
+    # variables (opentelemetry-instrument's distro sets OTEL_TRACES_EXPORTER=otlp): exporting what
+    # those variables say a second time would send every span twice.
+    if app_tp is not None and exporter_kind != "file" and not settings.traces.explicit:
+        if exporter_kind not in ("none", "console"):
+            log.info("llamatelemetry uses the application's TracerProvider and its exporters; the OTEL_* "
+                     "exporter variables configure that provider, so llamatelemetry adds no second "
+                     "%s exporter (pass init(otlp_endpoint=...) or traces_exporter=... to add one)", exporter_kind)
         exporter_kind = "none"
     span_exporter = build_span_exporter(
         exporter_kind, endpoint=settings.traces.endpoint, protocol=settings.traces.protocol,

@@ -71,6 +71,9 @@ class SignalSettings:
     protocol: Protocol = "grpc"
     # Headers carry API keys: kept out of repr so they never reach a log or an error message.
     headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    # True when init() arguments chose the exporter or endpoint (not only OTEL_* variables): on an
+    # application's provider, configured from those same variables, only an explicit one is added.
+    explicit: bool = False
 
 
 @attrs.frozen
@@ -319,8 +322,9 @@ def _signal(
                                 strict=False)
         headers.update(parse_headers(env.get(f"OTEL_EXPORTER_OTLP_{upper}_HEADERS"),
                                      source=f"OTEL_EXPORTER_OTLP_{upper}_HEADERS", strict=False))
+    explicit = exporter_arg is not None or signal_endpoint_arg is not None or endpoint_arg is not None
     return SignalSettings(exporter=exporter, endpoint=endpoint if exporter == "otlp" else None,  # type: ignore[arg-type]
-                          protocol=protocol or "grpc", headers=headers)
+                          protocol=protocol or "grpc", headers=headers, explicit=explicit)
 
 
 def _compat(value: str | list[str] | tuple[str, ...] | None, env: Mapping[str, str]) -> frozenset[str]:
