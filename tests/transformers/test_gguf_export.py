@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import resource
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -370,3 +371,10 @@ def test_rope_scaling_and_a_wide_head_are_faithful(rope: dict[str, Any], tmp_pat
         assert_faithful(llama_cpp_logits(llm, ids), theirs)
     finally:
         llm.close()
+
+
+def test_without_the_gguf_package_the_install_command_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "gguf", None)
+    with pytest.raises(ImportError, match=r'pip install "llamatelemetry-transformers\[gguf\]"') as raised:
+        convert_to_gguf(tmp_path, tmp_path / "x.gguf")
+    assert isinstance(raised.value, GGUFExportError) and raised.value.name == "gguf"

@@ -40,7 +40,7 @@ from llamatelemetry_transformers.semconv import GGUF_ARCHITECTURE, GGUF_TOKENIZE
 if TYPE_CHECKING:
     from llamatelemetry.pipeline.spans import PipelineContext, PipelineStage, PipelineTracer
 
-__all__ = ["export_gguf", "KNOWN_ARCHITECTURES", "METHOD"]
+__all__ = ["export_gguf", "GGUFPackageNotInstalledError", "KNOWN_ARCHITECTURES", "METHOD"]
 
 #: ``QuantizationResult.method`` of an export.
 METHOD: Final = "gguf_export"
@@ -53,6 +53,30 @@ _ARCHITECTURES: Final = {
 KNOWN_ARCHITECTURES: Final = tuple(_ARCHITECTURES)
 _ENGINE_WRITER: Final = "llamatelemetry"
 _ENGINE_SCRIPT: Final = "convert_hf_to_gguf.py"
+
+
+GGUF_INSTALL_COMMAND: Final = 'pip install "llamatelemetry-transformers[gguf]"'
+
+
+class GGUFPackageNotInstalledError(GGUFExportError, ImportError):
+    """The ``gguf`` package, which the export writes with, is not installed."""
+
+    def __init__(self) -> None:
+        self.install_command = GGUF_INSTALL_COMMAND
+        # RuntimeError (through GGUFExportError) comes before ImportError in the MRO and takes no name=.
+        ImportError.__init__(self, f"convert_to_gguf writes GGUF files with the gguf package, which is not "
+                             f"installed: {GGUF_INSTALL_COMMAND} (or pip install gguf numpy).", name="gguf")
+
+
+def _require_gguf() -> None:
+    import importlib
+
+    try:
+        importlib.import_module("gguf")
+    except ImportError as exc:
+        if exc.name is not None and exc.name.split(".")[0] not in ("gguf", "numpy"):
+            raise
+        raise GGUFPackageNotInstalledError() from exc
 
 
 def _file_type(outtype: str) -> tuple[Any, Any]:
@@ -355,6 +379,7 @@ def export_gguf(model: Any, output_path: str | os.PathLike[str] | None = None, *
     from llamatelemetry_transformers import gguf_convert_script
 
     kind = _normalise_outtype(quant_type if outtype is None else outtype)
+    _require_gguf()
     converter_first = bool(options.pop("converter_first", False))
     if options:
         raise TypeError(f"convert_to_gguf got unexpected options: {', '.join(sorted(options))}")
