@@ -28,10 +28,15 @@ def import_engine(name: str, feature: str) -> Any:
 def import_unsloth(feature: str) -> Any:
     """The ``unsloth`` module, or ``UnslothNotInstalledError`` with the install command and why it failed."""
     try:
-        return importlib.import_module("unsloth")
+        module = importlib.import_module("unsloth")
     except (ImportError, RuntimeError, NotImplementedError) as exc:
         # Unsloth raises RuntimeError/NotImplementedError at import on setups it cannot run on.
         raise UnslothNotInstalledError(feature, exc) from exc
+    if getattr(module, "FastLanguageModel", None) is None:
+        # A folder named "unsloth" on sys.path imports as an empty namespace package: not Unsloth.
+        where = list(getattr(module, "__path__", []))
+        raise UnslothNotInstalledError(feature, ImportError(f"the 'unsloth' found ({where}) has no FastLanguageModel"))
+    return module
 
 
 def unsloth_available() -> bool:

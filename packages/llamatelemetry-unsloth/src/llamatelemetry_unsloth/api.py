@@ -182,9 +182,19 @@ def _writable_folder(path: str | os.PathLike[str]) -> Path:
         raise OutputPathError(folder, f"its parent folder {parent} does not exist (create it first)")
     if folder.exists() and not folder.is_dir():
         raise OutputPathError(folder, "it is a file; pass a folder path")
-    if not os.access(folder if folder.exists() else parent, os.W_OK):
+    if not _writable(folder if folder.exists() else parent):
         raise OutputPathError(folder, "the folder is read-only; choose a writable one")
     return folder
+
+
+def _writable(folder: Path) -> bool:
+    """Whether files can be created in ``folder``: its permissions, and not on a read-only mount (even for root)."""
+    if not os.access(folder, os.W_OK):
+        return False
+    try:
+        return not os.statvfs(folder).f_flag & os.ST_RDONLY
+    except (OSError, AttributeError):  # no statvfs (Windows): permissions are all we can tell
+        return True
 
 
 def _save_merged(merged: Any, folder: Path, stage: PipelineStage) -> None:
@@ -205,8 +215,9 @@ def _check_output(path: str | os.PathLike[str]) -> Path:
     if not target.parent.is_dir():
         raise OutputPathError(target, f"the folder {target.parent} does not exist (create it first, or choose "
                                       "another output path)")
-    if not os.access(target.parent, os.W_OK):
-        raise OutputPathError(target, f"the folder {target.parent} is read-only (choose a writable folder)")
+    if not _writable(target.parent):
+        raise OutputPathError(target, f"the folder {target.parent} is read-only (choose a writable folder, e.g. "
+                                      "/kaggle/working rather than /kaggle/input)")
     return target
 
 
