@@ -133,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
                 ))
     finally:
         server.stop_server()
-        telemetry.force_flush()
+        # Within the shutdown deadline: a collector that never answers must not hold the demo.
+        telemetry.force_flush(timeout_millis=int(telemetry.settings.shutdown_timeout_s * 1000))
 
     print(f"model: {model.name} ({server.kind} server, log {server.log_path})\n")
     print("generated text:")
