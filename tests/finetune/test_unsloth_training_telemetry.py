@@ -208,3 +208,35 @@ def test_a_library_imported_after_init_is_patched_on_import(tmp_path: Path, monk
     assert not getattr(late_library.Tuner.__dict__["merge_and_unload"], "_llamatelemetry_patch", False)
     assert not instrument.is_instrumented()
     sys.modules.pop("late_library", None)
+
+
+def test_a_4bit_base_is_reloaded_unquantized_to_merge(tiny_llama_dir: Path) -> None:
+    pytest.importorskip("bitsandbytes", reason="pip install bitsandbytes (4-bit on the CPU needs >= 0.45)")
+    from llamatelemetry.pipeline import PipelineContext
+    from llamatelemetry.pipeline import attributes as pnames
+    from llamatelemetry.unsloth import merge_lora_adapters
+
+    quantization = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                   bnb_4bit_compute_dtype=torch.float32)
+    base = transformers.AutoModelForCausalLM.from_pretrained(tiny_llama_dir, local_files_only=True,
+                                                             quantization_config=quantization, device_map="cpu")
+    assert any(type(m).__name__ == "Linear4bit" for m in base.modules())
+    lora = _lora(base)
+    with torch.no_grad():  # a trained-looking adapter: B is zero right after attaching
+        for module in lora.modules():
+            if hasattr(module, "lora_B") and "default" in module.lora_B:
+                module.lora_B["default"].weight.normal_(0, 0.02)
+    layer = lora.base_model.model.model.layers[0].self_attn.q_proj
+    delta = (layer.lora_B["default"].weight @ layer.lora_A["default"].weight) * layer.scaling["default"]
+    ctx = PipelineContext(base_model="tiny-llama-256")
+    with InMemoryTelemetry() as telemetry:
+        merged = merge_lora_adapters(lora, ctx=ctx)
+        stage = telemetry.span(pnames.SPAN_PREFIX + pnames.STAGE_MERGE_LORA)
+    assert stage.attributes[names.MERGE_RELOADED_BASE] is True  # type: ignore[index]
+    assert stage.attributes[names.MERGE_DTYPE] == "float32"  # type: ignore[index]
+    assert [e.name for e in stage.events] == ["llamatelemetry.train.merge.reload_base"]
+    assert not any(type(m).__name__ == "Linear4bit" or hasattr(m, "lora_A") for m in merged.modules())
+    from safetensors.torch import load_file
+
+    original = load_file(str(tiny_llama_dir / "model.safetensors"))["model.layers.0.self_attn.q_proj.weight"]
+    assert torch.allclose(merged.model.layers[0].self_attn.q_proj.weight, original + delta, atol=1e-5)
