@@ -80,17 +80,27 @@ def test_a_4bit_unsloth_fine_tune_is_traced_and_merges_into_a_reloaded_base(
     assert kinds == {"model.safetensors": "model_weights", "config.json": "model_config"}
 
 
-def test_a_16bit_unsloth_model_merges_in_place(tiny_llama_dir: Path, fast_language_model: Any,
-                                               tmp_path: Path) -> None:
-    from llamatelemetry.unsloth import load_model, merge_lora_adapters
+def test_a_16bit_unsloth_model_merges_in_place_and_exports_without_llama_cpp_binaries(
+        tiny_llama_dir: Path, fast_language_model: Any, tmp_path: Path) -> None:
+    from llamatelemetry.unsloth import export_to_llamatelemetry, load_model, merge_lora_adapters
 
+    ctx = PipelineContext(base_model="tiny-llama-256")
     with InMemoryTelemetry() as telemetry:
         model, tokenizer = load_model(str(tiny_llama_dir), load_in_4bit=False, max_seq_length=64)
-        merged = merge_lora_adapters(_train(model, tokenizer, fast_language_model, tmp_path, steps=2))
+        merged = merge_lora_adapters(_train(model, tokenizer, fast_language_model, tmp_path, steps=2), ctx=ctx)
+        # Q8_0: the gguf package's quantizer, as this environment has no llama-cpp-python (and no llama.cpp binary).
+        written = export_to_llamatelemetry(model=merged, tokenizer=tokenizer, output_path=tmp_path / "model-q8_0.gguf",
+                                           pipeline_ctx=ctx, quant_type="Q8_0")
         stage = telemetry.span(pnames.SPAN_PREFIX + pnames.STAGE_MERGE_LORA)
+        exported = telemetry.span(pnames.SPAN_PREFIX + pnames.STAGE_EXPORT_GGUF)
+        quantized = telemetry.span(pnames.SPAN_PREFIX + pnames.STAGE_QUANTIZE)
     assert stage.attributes[names.MERGE_RELOADED_BASE] is False
     assert stage.attributes[names.MERGED_MODULES] == 2 * len(TARGETS)
     assert not any(hasattr(m, "lora_A") for m in merged.modules())
+    assert exported.status.status_code.name != "ERROR" and quantized.status.status_code.name != "ERROR"
+    assert quantized.attributes[pnames.QUANTIZATION_TYPE] == "Q8_0"
+    assert Path(written).read_bytes()[:4] == b"GGUF" and Path(written).name == "model-q8_0.gguf"
+    assert ctx.manifest.get(written) is not None and ctx.manifest.verify().ok
 
 
 def test_load_model_names_a_missing_folder(tmp_path: Path) -> None:
