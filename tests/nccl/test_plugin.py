@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import pytest
 
@@ -143,3 +144,45 @@ def test_the_plugin_registers_the_torch_distributed_instrumentor_and_the_core_al
     assert spec.name == "torch_distributed" and spec.load() is instrumentor_module.instrument_torch_distributed
     assert llamatelemetry.nccl.NCCLTracer is llamatelemetry_nccl.NCCLTracer
     assert llamatelemetry.nccl.TorchDistributedInstrumentor is TorchDistributedInstrumentor
+
+
+@pytest.fixture
+def one_rank_group() -> Any:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield dist
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_rank_spans_from_the_environment_no_bus_bandwidth_and_counted_drops(
+        one_rank_group: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import torch
+
+    from llamatelemetry.testing import InMemoryTelemetry
+
+    dist = one_rank_group
+    wait = dist.distributed_c10d.Work.__dict__["wait"]
+    monkeypatch.setenv(instrumentor_module.ENV_SPANS, "all")
+    with InMemoryTelemetry() as telemetry, caplog.at_level(logging.WARNING, logger="llamatelemetry.nccl"):
+        instrumentor = TorchDistributedInstrumentor(ring_size=4, tick_s=0.5)
+        assert instrumentor.instrument() and instrumentor.spans == "all"
+        for _ in range(40):  # far more than the ring holds before the processor's next tick
+            dist.all_reduce(torch.ones(4))
+        assert instrumentor.flush(10.0)
+        instrumentor.uninstrument()
+        spans = telemetry.spans()
+        dropped = sum(p.value for p in telemetry.metric_points("llamatelemetry.collective.dropped"))
+        counted = sum(p.value for p in telemetry.metric_points("llamatelemetry.collective.duration"))
+    assert dist.distributed_c10d.Work.__dict__["wait"] is wait
+    assert 4 <= len(spans) == counted < 40 and dropped == 40 - counted
+    assert any("ring of 4 records was full" in r.getMessage() for r in caplog.records)
+    for span in spans:
+        attributes = span.attributes or {}
+        assert attributes["llamatelemetry.collective.group.size"] == 1
+        assert attributes["llamatelemetry.collective.bytes"] == 16
+        assert "llamatelemetry.collective.busbw" not in attributes  # no bus factor for one rank

@@ -175,6 +175,7 @@ class Processor(threading.Thread):
         self._halt.set()
         self._run.doorbell.put(None)
         self.join(timeout_s)
+        self._count_dropped(final=True)
         if self._exchange is not None:
             self._exchange.stop()
             self._exchange.join(0.5)
@@ -615,9 +616,10 @@ class Processor(threading.Thread):
                 return
             self._published[pg] = seq
 
-    def _count_dropped(self) -> None:
+    def _count_dropped(self, final: bool = False) -> None:
         lost = self._run.issued - self._drained - len(self._run.ring)
-        if lost > self._dropped_reported + 1:
+        # While ops run, one may be counted as issued and not yet appended: wait for a second one.
+        if lost > self._dropped_reported + (0 if final else 1):
             if not self._dropped_reported:
                 log.warning("NCCL tracing: the ring of %d records was full, some collectives were not recorded "
                             "(llamatelemetry.collective.dropped counts them); raise ring_size.", self._run.ring.maxlen)
