@@ -19,7 +19,11 @@ log = logging.getLogger("llamatelemetry.gpu")
 _monotonic = time.monotonic
 
 # Errors that will not go away on the next call: stop asking for that figure on that device.
-_PERMANENT_ERRORS = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound", "NVMLError_NoPermission")
+# NVMLLibraryMismatchError (bindings newer or older than the driver's library, raised by the process-list
+# calls on some drivers) is a plain Exception, not an NVMLError, so it is named in both tuples.
+_PERMANENT_ERRORS = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound", "NVMLError_NoPermission",
+                     "NVMLLibraryMismatchError")
+_OTHER_NVML_ERRORS = ("NVMLLibraryMismatchError",)
 
 
 class NVMLMissingError(Exception):
@@ -44,6 +48,9 @@ class NVMLSource(GPUSource):
         self._nvml = nvml
         self._handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
         self._permanent = tuple(getattr(nvml, name) for name in _PERMANENT_ERRORS if hasattr(nvml, name))
+        #: What an NVML call may raise: NVMLError and the bindings' errors outside that hierarchy.
+        self._errors: tuple[type[BaseException], ...] = (nvml.NVMLError, *(
+            getattr(nvml, name) for name in _OTHER_NVML_ERRORS if hasattr(nvml, name)))
         self._unsupported: set[tuple[int, str]] = set()
         self._closed = False
 
@@ -84,7 +91,7 @@ class NVMLSource(GPUSource):
             return None
         try:
             return call(*args)
-        except self._nvml.NVMLError as exc:
+        except self._errors as exc:
             if isinstance(exc, self._permanent):
                 self._unsupported.add(key)
                 log.debug("GPU %d does not report %s (%s); not asking again", index, what, exc)

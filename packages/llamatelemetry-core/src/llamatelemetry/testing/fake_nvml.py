@@ -9,7 +9,9 @@ it where ``pynvml`` would be imported::
     monkeypatch.setitem(sys.modules, "pynvml", fake)
 
 Readings hold NVML's raw units (mW, mJ, percent, MHz); a ``None`` figure answers
-``NVMLError_NotSupported``, as a GPU without that sensor does. ``clock`` is a manual clock a
+``NVMLError_NotSupported``, as a GPU without that sensor does. ``process_list_error`` makes the
+process-list calls raise, as ``pynvml.NVMLLibraryMismatchError`` (a plain ``Exception``, not an
+``NVMLError``) does where the bindings and the driver's library disagree on those calls. ``clock`` is a manual clock a
 test can install as the GPU module's ``_monotonic`` to make span edges exact.
 """
 
@@ -23,7 +25,8 @@ from typing import Any
 
 import attrs
 
-__all__ = ["FakeNVML", "FakeNVMLError", "FakeDevice", "FakeReading", "FakeClock", "FakeProcess"]
+__all__ = ["FakeNVML", "FakeNVMLError", "FakeNVMLLibraryMismatchError", "FakeDevice", "FakeReading", "FakeClock",
+           "FakeProcess"]
 
 
 @attrs.frozen
@@ -88,6 +91,14 @@ class FakeNVMLError(Exception):
         self.value = value
 
 
+class FakeNVMLLibraryMismatchError(Exception):
+    """The fake's ``pynvml.NVMLLibraryMismatchError``: like the real one, a plain ``Exception``."""
+
+    def __init__(self, message: str = "Unversioned function called and the pyNVML version does not match the "
+                                      "NVML lib version.") -> None:
+        super().__init__(message)
+
+
 def _error_class(name: str, value: int, message: str) -> type[FakeNVMLError]:
     def init(self: FakeNVMLError, *args: Any) -> None:
         FakeNVMLError.__init__(self, value, message)
@@ -109,6 +120,7 @@ class FakeNVML:
     NVMLError_LibraryNotFound = _error_class("NVMLError_LibraryNotFound", 12, "NVML Shared Library Not Found")
     NVMLError_FunctionNotFound = _error_class("NVMLError_FunctionNotFound", 13, "Function Not Found")
     NVMLError_GpuIsLost = _error_class("NVMLError_GpuIsLost", 15, "GPU is lost")
+    NVMLLibraryMismatchError = FakeNVMLLibraryMismatchError
 
     def __init__(self, devices: Sequence[FakeDevice], *, driver_version: str = "535.183.01",
                  cuda_driver_version: int = 12020, init_error: type[FakeNVMLError] | None = None) -> None:
@@ -116,8 +128,10 @@ class FakeNVML:
         self.driver_version = driver_version
         self.cuda_driver_version = cuda_driver_version
         self.init_error = init_error
-        #: Set to an error class to make every device read raise it (a lost GPU).
-        self.read_error: type[FakeNVMLError] | None = None
+        #: Set to an error class to make every device read raise it (a lost GPU, a library mismatch).
+        self.read_error: type[Exception] | None = None
+        #: Set to an error class to make the process-list calls raise it (``NVMLLibraryMismatchError``).
+        self.process_list_error: type[Exception] | None = None
         self.clock = FakeClock()
         self.calls: collections.Counter[str] = collections.Counter()
         #: Calls per thread id: what the caller's thread asked, apart from a sampler thread.
@@ -204,10 +218,14 @@ class FakeNVML:
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeDevice) -> list[SimpleNamespace]:
         self._count("nvmlDeviceGetComputeRunningProcesses")
+        if self.process_list_error is not None:
+            raise self.process_list_error()
         return [SimpleNamespace(pid=p.pid, usedGpuMemory=p.used_memory_bytes) for p in handle.processes]
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, handle: FakeDevice) -> list[SimpleNamespace]:
         self._count("nvmlDeviceGetGraphicsRunningProcesses")
+        if self.process_list_error is not None:
+            raise self.process_list_error()
         return []
 
     def nvmlSystemGetProcessName(self, pid: int) -> str:
