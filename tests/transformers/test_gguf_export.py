@@ -62,7 +62,7 @@ def spm_style_tokenizer() -> Any:
     As in those models' tokenizer.json, normalizers put "▁" before the text and for every space; merges
     were learnt within words, as SentencePiece learns them.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     learner = Tokenizer(models.BPE())
     learner.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
@@ -78,6 +78,8 @@ def spm_style_tokenizer() -> Any:
     bpe.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(" ", 1, 0)])
     bpe.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", 1)])  # adds BOS, as Llama 2's
     tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>",
                                                      eos_token="</s>")
     tokenizer.chat_template = CHAT_TEMPLATE
@@ -193,6 +195,8 @@ def test_f32_export_is_faithful_in_llama_cpp(case: str, tmp_path: Path) -> None:
         for text in SAMPLES:
             expected = tokenizer(text, add_special_tokens=False)["input_ids"]
             assert llm.tokenize(text.encode(), add_bos=False, special=False) == expected, text
+        # Adding BOS/EOS as the HF tokenizer does (the SentencePiece-style one adds BOS, the byte-level ones not).
+        assert llm.tokenize(PROMPT.encode(), add_bos=True) == tokenizer(PROMPT)["input_ids"]
         with_special = f"{tokenizer.bos_token}Hello world"
         assert llm.tokenize(with_special.encode(), add_bos=False, special=True) == \
             tokenizer(with_special, add_special_tokens=False)["input_ids"]
@@ -378,3 +382,21 @@ def test_without_the_gguf_package_the_install_command_is_given(tmp_path: Path, m
     with pytest.raises(ImportError, match=r'pip install "llamatelemetry-transformers\[gguf\]"') as raised:
         convert_to_gguf(tmp_path, tmp_path / "x.gguf")
     assert isinstance(raised.value, GGUFExportError) and raised.value.name == "gguf"
+
+
+def test_a_llama_cpp_server_uses_the_exported_chat_template(tmp_path: Path) -> None:
+    pytest.importorskip("xllamacpp", reason='pip install "llamatelemetry-llamacpp[server]"')
+    httpx = pytest.importorskip("httpx")
+    from llamatelemetry_llamacpp.testing import running_server
+
+    tokenizer = byte_level_tokenizer(LLAMA3_SPLIT)
+    folder = save(tmp_path / "m", tiny_model("llama", tokenizer), tokenizer)
+    result = convert_to_gguf(folder, tmp_path / "m-f16.gguf", outtype="f16")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Café? 🙂"}]
+    expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    with running_server(result.output_path, ctx_size=256, n_parallel=1, threads=1,
+                        log_dir=tmp_path / "logs") as server:
+        props = httpx.get(f"{server.base_url}/props", timeout=30).json()
+        applied = httpx.post(f"{server.base_url}/apply-template", json={"messages": messages}, timeout=30).json()
+    assert props["chat_template"] == CHAT_TEMPLATE
+    assert applied["prompt"] == expected

@@ -190,6 +190,10 @@ def add_vocab(writer: Any, folder: Path, vocab_size: int) -> VocabSummary:
         writer.add_token_list(tokens)
         writer.add_token_types(types)
     specials = gguf.SpecialVocab(folder, load_merges=style == "gpt2", n_vocab=len(tokens))
+    # Said outright when the tokenizer does not add them: llama.cpp's defaults differ by tokenizer (it adds BOS
+    # for SentencePiece-style ones), and a server then drops a BOS the chat template writes.
+    for kind in ("bos", "eos"):
+        specials.add_special_token.setdefault(kind, False)
     specials.add_to_gguf(writer, quiet=True)
     return VocabSummary(model=style, pre=pre, tokens=len(tokens), merges=len(specials.merges) if style == "gpt2" else 0,
                         chat_template=specials.chat_template is not None)
