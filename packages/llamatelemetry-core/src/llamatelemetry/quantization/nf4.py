@@ -1,4 +1,4 @@
-"""``quantize_nf4``: bitsandbytes 4-bit NF4 quantization of a transformers model, on an NVIDIA GPU.
+"""``quantize_nf4``: bitsandbytes 4-bit NF4 quantization of a transformers model, on a CUDA GPU or the CPU.
 
 Provided by the transformers plugin, resolved lazily through the core's packaging metadata
 (entry-point group ``llamatelemetry.extras``). Without the plugin, importing ``quantize_nf4`` raises
