@@ -81,6 +81,7 @@ class ProcessorConfig:
     poll_s: float = 0.0002
     skew_wait_s: float = 2.0
     min_stall_s: float = 60.0
+    publish_s: float = 0.5
 
 
 class Instruments:
@@ -156,6 +157,7 @@ class Processor(threading.Thread):
         self._dropped_reported = 0
         self._progress: dict[Any, int] = {}
         self._published: dict[Any, int] = {}
+        self._last_publish = 0.0
         self._hook_infos: deque[tuple[Any, Any]] = deque()
         self._force_open = False
         self._errors_logged: set[str] = set()
@@ -605,6 +607,11 @@ class Processor(threading.Thread):
     def _publish_progress(self) -> None:
         if self._store is None:
             return
+        # At most twice a second: every rank writes to one store server, and thresholds are seconds long.
+        now = time.monotonic()
+        if now - self._last_publish < self.config.publish_s:
+            return
+        self._last_publish = now
         for pg, seq in self._progress.items():
             if self._published.get(pg) == seq:
                 continue
