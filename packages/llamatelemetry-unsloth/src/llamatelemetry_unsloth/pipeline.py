@@ -106,7 +106,9 @@ def _finetune(stage: PipelineStage, workdir: Path, model_dir: Path | None, sente
         learning_rate=learning_rate, lr_scheduler_type="constant", logging_steps=max(1, steps // 6),
         save_strategy="no", report_to=[], seed=seed, disable_tqdm=True, dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available())
-    result = transformers.Trainer(model=model, args=args, train_dataset=_Repeat()).train()
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=_Repeat())
+    trainer.remove_callback(transformers.PrinterCallback)  # the log lines are on the span as events instead
+    result = trainer.train()
     loss = float(result.training_loss) if result.training_loss is not None else None
     adapter_dir = workdir / "adapter"
     model.save_pretrained(adapter_dir)
