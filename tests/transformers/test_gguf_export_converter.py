@@ -88,20 +88,21 @@ def test_llama_cpp_converter_exports_what_our_writer_does_not_know(llama_cpp_che
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     tokenizer = spm_style_tokenizer()
     model = tiny_arcee(tokenizer)
-    folder = save(tmp_path / "arcee", model, tokenizer)
-    # The environment variable names a llama.cpp checkout (here the sdist's vendor/llama.cpp).
+    # The environment variable names a llama.cpp checkout (here the sdist's vendor/llama.cpp); the model is an
+    # object in memory, which the stage saves to a folder for the converter.
     monkeypatch.setenv("LLAMATELEMETRY_GGUF_CONVERTER", str(llama_cpp_checkout))
     with InMemoryTelemetry() as telemetry:
-        result = convert_to_gguf(folder, tmp_path / "arcee-f32.gguf", outtype="f32")
+        result = convert_to_gguf(model, tmp_path / "arcee-f32.gguf", outtype="f32", tokenizer=tokenizer)
         span = telemetry.span("llamatelemetry.pipeline.export_gguf")
     attributes = dict(span.attributes or {})
     assert result.engine == "convert_hf_to_gguf.py" == attributes[names.QUANTIZATION_ENGINE]
     assert attributes["llamatelemetry.gguf.converter"] == str(llama_cpp_checkout / "convert_hf_to_gguf.py")
     assert attributes["llamatelemetry.gguf.converter.exit_code"] == 0
+    assert attributes[names.QUANTIZATION_DURATION] > 0
     assert attributes["llamatelemetry.gguf.architecture"] == "arcee"
     assert attributes["llamatelemetry.gguf.tokenizer"] == "llama"
     assert result.tensor_types == {"F32": 19}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["arcee", "arcee-f32.gguf"], "no temporary file left"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arcee-f32.gguf"], "no temporary file left"
     llm = load(Path(result.output_path or ""))
     try:
         for text in SAMPLES:

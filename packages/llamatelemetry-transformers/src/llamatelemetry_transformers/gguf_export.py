@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -408,19 +409,22 @@ def export_gguf(model: Any, output_path: str | os.PathLike[str] | None = None, *
         use_script = script is not None and (converter_first or not architectures
                                              or architectures[0] not in _ARCHITECTURES)
         try:
+            written = time.perf_counter()
             if use_script:
                 assert script is not None
                 model_dir = source.folder
                 if model_dir is None:  # llama.cpp's converter reads a folder: save the object next to its tokenizer
-                    model.save_pretrained(scratch)
                     model_dir = Path(scratch)
+                    model.save_pretrained(model_dir)
+                    for path in tokenizer_files(source.tokenizer_dir):
+                        if not (model_dir / path.name).exists():
+                            shutil.copy2(path, model_dir / path.name)
                 report = gguf_convert_script.run_converter(script, model_dir, staging, kind, stage)
                 engine = _ENGINE_SCRIPT
             else:
-                written = time.perf_counter()
                 report = _write(source, staging, kind, stage)
-                report["duration"] = time.perf_counter() - written
                 engine = _ENGINE_WRITER
+            report["duration"] = time.perf_counter() - written
             os.replace(staging, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
