@@ -303,7 +303,8 @@ def test_missing_packages_are_one_error_with_the_install_command(tiny256: Path, 
 
     with monkeypatch.context() as patched:
         patched.setitem(sys.modules, "gguf", None)
-        with pytest.raises(GGUFPackageMissingError, match=r"Install it with: pip install gguf numpy"):
+        with pytest.raises(GGUFPackageMissingError,
+                           match=r"Install it with: pip install \"llamatelemetry-llamacpp\[quantize\]\""):
             quantize_gguf(tiny256, tmp_path / "o.gguf", quant_type="Q8_0")
     # Without the llama.cpp plugin, the core names the install command from its extras table.
     with monkeypatch.context() as patched, fresh_plugin_manager():

@@ -76,7 +76,7 @@ ENGINE_LLAMA_CPP: Final = "llama.cpp"
 ENGINE_GGUF_PY: Final = "gguf-py"
 #: How to get llama.cpp's quantizer: a source build; GGML_NATIVE=OFF avoids CPU paths that crash on some machines.
 INSTALL_LLAMA_CPP: Final = 'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install llama-cpp-python'
-INSTALL_GGUF: Final = "pip install gguf numpy"
+INSTALL_GGUF: Final = 'pip install "llamatelemetry-llamacpp[quantize]"'
 #: What the gguf package's Python quantizers produce (file types, as llama.cpp names them).
 PYTHON_TYPES: Final = ("F32", "F16", "BF16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
 _K_BLOCK: Final = 256

@@ -1,7 +1,7 @@
 """``QuantizationPipeline``: pick the stage for a quantization type from the plugins' registry, and run it.
 
 The stages come from the plugin manager's ``stages()`` registry (kind ``"quantize"``): the
-transformers plugin registers ``dynamic`` (torch int8, CPU) and ``nf4`` (bitsandbytes, CUDA), the
+transformers plugin registers ``dynamic`` (torch int8, CPU) and ``nf4`` (bitsandbytes, CPU or CUDA), the
 llama.cpp plugin ``gguf`` (every GGUF type: ``Q4_K_M``, ``Q8_0``, ...; ``method_for`` routes GGUF type
 names there). A type no installed plugin produces raises ``StageNotFoundError`` with what to install
 or run instead.
@@ -87,8 +87,9 @@ class QuantizationPipeline:
                              f"'Q4_K_M') or method= (installed: {', '.join(available_methods()) or 'none'}).")
         chosen = method or method_for(quant_type or "")
         if chosen is None:
-            raise ValueError(f"quant_type={quant_type!r} is not a type any stage is known to produce: use 'int8' "
-                             "(torch dynamic, CPU), 'nf4' (bitsandbytes, CUDA), a GGUF type such as 'Q4_K_M', or "
+            raise ValueError(f"quant_type={quant_type!r} is not a type any stage is known to produce: use "
+                             "'int8' (torch dynamic, CPU), 'nf4' (bitsandbytes, CPU or CUDA), a GGUF type such as "
+                             "'Q4_K_M', or "
                              f"name the stage with method= (installed: {', '.join(available_methods()) or 'none'}).")
         stage = find_stage(STAGE_KIND, chosen).load()
         if self.pipeline_ctx.quantization is None and quant_type is not None:

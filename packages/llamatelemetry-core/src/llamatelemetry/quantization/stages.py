@@ -151,5 +151,5 @@ class GGUFNotAvailableError(StageNotFoundError, NotImplementedError):
             "convert_hf_to_gguf.py <model folder> --outtype f16), then quantize it with llama-quantize "
             "(llama-quantize model-f16.gguf model-q4_k_m.gguf Q4_K_M), each inside a PipelineTracer stage "
             "(span_export_gguf, span_quantize) to trace it. For quantization without llama.cpp, "
-            "quant_type='int8' (torch, CPU) or quant_type='nf4' (bitsandbytes, CUDA) run through the "
+            "quant_type='int8' (torch, CPU) or quant_type='nf4' (bitsandbytes, CPU or CUDA) run through the "
             f"plugin's quantize stages{install}."))
