@@ -128,3 +128,12 @@ def test_switches() -> None:
     assert settings({"LLAMATELEMETRY_SEMCONV_COMPAT": "deprecated, llm"}).semconv_compat == {"deprecated", "llm"}
     assert settings({"LLAMATELEMETRY_ENABLE_GPU": "1"}).enable_gpu is True
     assert settings({"LLAMATELEMETRY_ENABLE_GPU": "1"}, enable_gpu=False).enable_gpu is False
+
+
+def test_endpoints_are_logged_without_the_secrets_some_vendors_put_in_urls() -> None:
+    resolved = settings(otlp_endpoint="https://user:s3cret-token@otlp.example.com:4318/s3cret-path?api_key=s3cret-q")
+    shown = repr(resolved) + resolved.describe()
+    assert "s3cret" not in shown
+    assert "https://otlp.example.com:4318/... (query hidden)" in resolved.describe()
+    plain = settings(otlp_endpoint="http://127.0.0.1:4318")
+    assert "http://127.0.0.1:4318/v1/traces" in plain.describe()

@@ -67,7 +67,8 @@ class SignalSettings:
     """Where one signal (traces or metrics) goes."""
 
     exporter: Exporter
-    endpoint: str | None = None
+    # Shown without user info, query or a vendor's path: some vendors take the API key there.
+    endpoint: str | None = attrs.field(default=None, repr=lambda value: repr(safe_endpoint(value)))
     protocol: Protocol = "grpc"
     # Headers carry API keys: kept out of repr so they never reach a log or an error message.
     headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
@@ -105,13 +106,34 @@ class TelemetrySettings:
 
         def where(signal: SignalSettings) -> str:
             if signal.exporter == "otlp":
-                return f"OTLP {signal.protocol} to {signal.endpoint}"
+                return f"OTLP {signal.protocol} to {safe_endpoint(signal.endpoint)}"
             if signal.exporter == "file":
                 return f"file {self.output_file}"
             return signal.exporter
 
         return (f"service {self.service_name!r}: traces -> {where(self.traces)}, "
                 f"metrics -> {where(self.metrics)}, content capture {self.capture_content.value}")
+
+
+def safe_endpoint(endpoint: str | None) -> str:
+    """``endpoint`` as logs may show it: scheme, host and port, and the path only when it is OTLP's own.
+
+    Some vendors take an API key in the URL (user info, a query parameter, a path segment); none of
+    those reach a log line or an error message.
+    """
+    if not endpoint:
+        return "(none)"
+    parsed = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+    host = parsed.hostname or "?"
+    shown_host = f"[{host}]" if ":" in host else host
+    try:
+        port = f":{parsed.port}" if parsed.port is not None else ""
+    except ValueError:
+        port = ""
+    path = parsed.path if parsed.path in ("", "/", "/v1/traces", "/v1/metrics", "/v1/logs") else "/..."
+    hidden = " (query hidden)" if parsed.query else ""
+    scheme = f"{parsed.scheme}://" if parsed.scheme else ""
+    return f"{scheme}{shown_host}{port}{path}{hidden}"
 
 
 # The warnings of one resolve_settings() call, so a variable read for both signals is reported once.
