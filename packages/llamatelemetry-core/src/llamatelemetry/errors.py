@@ -7,6 +7,7 @@ __all__ = [
     "ValidationError",
     "PluginNotInstalledError",
     "PluginFeatureMissingError",
+    "ExtraNotInstalledError",
     "BackendNotFoundError",
     "BackendStartError",
     "BackendNotStartedError",
@@ -69,6 +70,21 @@ class PluginFeatureMissingError(LlamaTelemetryError, ImportError):
             f"{feature} is not provided by the installed {distribution} {version or '(unknown version)'}. "
             f'Upgrade it with: pip install --upgrade "{distribution}"'
         )
+
+
+class ExtraNotInstalledError(LlamaTelemetryError, ImportError):
+    """A core feature needs a package of one of the core's optional extras, and it is not installed.
+
+    The message is the exact ``pip install`` command (``install_command``).
+    """
+
+    def __init__(self, feature: str, package: str, extra: str) -> None:
+        self.feature = feature
+        self.package = package
+        self.extra = extra
+        self.install_command = f'pip install "llamatelemetry-core[{extra}]"'
+        super().__init__(f"{feature} needs the {package} package, which is not installed. Install it with: "
+                         f"{self.install_command}", name=package)
 
 
 class BackendNotFoundError(LlamaTelemetryError, LookupError):
