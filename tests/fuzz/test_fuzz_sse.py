@@ -85,7 +85,7 @@ def _event(value: Any) -> bytes:
     return b"data: " + json.dumps(value).encode() + b"\n\n"
 
 
-@settings(max_examples=examples(600))
+@settings(max_examples=examples(400))
 @given(kind=st.sampled_from(["chat", "completion"]), event=json_values(),
        shape=st.dictionaries(st.sampled_from(["choices", "delta", "content", "finish_reason", "usage", "timings",
                                               "stop", "stop_type", "tokens_predicted", "id", "model", "error"]),
