@@ -26,7 +26,9 @@ for the phases its caller can observe: ``{provider}.prefill`` from the start to 
 chunk (waiting for the first token: network, queue and prompt processing) and ``{provider}.decode``
 from the first output chunk to the end. They carry the names of the in-process backends' own
 phase spans (``llama_cpp.prefill``, ``transformers.decode``, ...), so a waterfall reads the same
-in both modes; each is started and ended as its phase starts and ends, never back-dated.
+in both modes; each is started and ended as its phase starts and ends, never back-dated. A backend
+that streams from a server under an engine (whose generation starts without them) opens them on
+the engine's generation with ``start_phases()`` as it sends its request.
 
 Telemetry failures never reach the caller: a recorder error is logged once and the
 generation goes on unrecorded.
@@ -255,6 +257,39 @@ class Generation:
             self._switch_phase(at, attributes)
         except Exception:
             self._phase = None
+            _telemetry_failed("recording a generation's phases")
+
+    def start_phases(self) -> None:
+        """Open the prefill phase span now, for a generation that was started without phase spans.
+
+        For a backend under an engine that streams from a server: it calls this just before it
+        sends the request, so its engine's generation gets the same real-time ``{provider}.prefill``
+        / ``{provider}.decode`` children as a streamed client call (``output_started`` or the first
+        ``chunk()`` then switches to decode). Does nothing once phases were opened, after the first
+        chunk, or after the end; in-process backends, which time their own phases, never call it.
+        Never raises.
+        """
+        if self._ended or self._phase is not None or self.stamps or not self.span.is_recording():
+            return
+        try:
+            self._open_phase(names.PHASE_PREFILL, None)
+        except Exception:
+            self._phase = None
+            _telemetry_failed("recording a generation's phases")
+
+    def set_phase_attributes(self, attributes: Mapping[str, Any]) -> None:
+        """Put ``attributes`` on the phase span now open (the decode one once output arrived); never raises.
+
+        For a backend whose engine ends the generation: the server's figures of the phase it saw
+        end (its generation timings) go beside the phase, as ``finish(phase_attributes=...)`` puts them.
+        """
+        span = self._phase_span
+        if span is None or not attributes:
+            return
+        try:
+            if span.is_recording():
+                span.set_attributes(attributes)
+        except Exception:
             _telemetry_failed("recording a generation's phases")
 
     def _open_phase(self, phase: str, start_time_ns: int | None) -> None:
@@ -506,6 +541,12 @@ class _InactiveGeneration(Generation):
         return None
 
     def output_started(self, at: float | None = None, *, attributes: Mapping[str, Any] | None = None) -> None:
+        return None
+
+    def start_phases(self) -> None:
+        return None
+
+    def set_phase_attributes(self, attributes: Mapping[str, Any]) -> None:
         return None
 
     def use(self) -> contextlib.AbstractContextManager[Generation]:
