@@ -397,7 +397,8 @@ def test_a_hugging_face_model_is_exported_then_quantized(tmp_path: Path, telemet
     assert dict(quantize.attributes or {})[names.QUANTIZATION_SOURCE_TYPE] == "F16"
     # The manifest keeps the removed intermediate's record (path, sha256): it is the quantize stage's input.
     records = {a.path: (a.metadata["stage"], a.metadata["role"]) for a in ctx.manifest}
-    assert records[intermediate[0]] == ("quantize", "input") and not Path(intermediate[0]).exists()
+    # The intermediate keeps the record of the stage that wrote it; the quantize span names it as its input.
+    assert records[intermediate[0]] == ("export_gguf", "output") and not Path(intermediate[0]).exists()
     assert records[str(out.resolve())] == ("quantize", "output")
     assert ctx.output_artifact == str(out.resolve()) and ctx.base_model == "tiny-hf"
     assert _generate(out)

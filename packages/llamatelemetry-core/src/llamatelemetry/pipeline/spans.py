@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from llamatelemetry.artifacts import Artifact, ArtifactManifest
+from llamatelemetry.artifacts import Artifact, ArtifactManifest, sha256_file
 from llamatelemetry.pipeline import attributes as names
 
 if TYPE_CHECKING:
@@ -84,7 +84,17 @@ class PipelineStage:
         self.span.set_attributes(attributes)
 
     def add_input(self, path: str | os.PathLike[str], kind: str, **metadata: Any) -> Artifact:
-        """Record a file the stage read (hashed now) in the manifest and on the span."""
+        """Record a file the stage read (hashed now) in the manifest and on the span.
+
+        A file an earlier stage wrote keeps that stage's record (its producer) when its content is
+        unchanged; a changed or unknown file is recorded as this stage's input.
+        """
+        produced = self.context.manifest.get(path)
+        if (produced is not None and produced.metadata.get("role") == "output"
+                and os.path.isfile(produced.path) and os.path.getsize(produced.path) == produced.size_bytes
+                and sha256_file(produced.path) == produced.sha256):
+            self.inputs.append(produced)
+            return produced
         artifact = self.context.manifest.add(path, kind, stage=self.name, role="input", **metadata)
         self.inputs.append(artifact)
         return artifact
