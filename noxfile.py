@@ -23,7 +23,9 @@ EXAMPLE_DIRS = ["examples/llamatelemetry-example-backend"]
 TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6", "rotel==0.0.1a15", "opentelemetry-proto>=1.27",
              "grpcio>=1.60", "build>=1.2",
              # tests/ecosystem: real `opentelemetry-instrument` runs (0.66b2 with opentelemetry-sdk 1.45.2 tested).
-             "opentelemetry-distro>=0.50b0", "opentelemetry-instrumentation>=0.50b0"]
+             "opentelemetry-distro>=0.50b0", "opentelemetry-instrumentation>=0.50b0",
+             # tests/prometheus: init(prometheus_port=...), the core's [prometheus] extra.
+             "opentelemetry-exporter-prometheus>=0.66b0"]
 # Real llama.cpp: the embedded C++ server (prebuilt wheel), the GGUF writer for tiny models.
 LLAMACPP_DEPS = ["xllamacpp==2026.10.11549", "gguf>=0.10", "numpy>=1.26", "httpx>=0.27"]
 # llama-cpp-python compiles llama.cpp (about 6 minutes on 2 cores; pip caches the wheel). The native
@@ -151,7 +153,8 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy (strict) over every distribution's source."""
     _install_packages(session)
-    session.install("mypy>=1.11", "pytest>=8", "numpy>=1.26", "httpx>=0.27")
+    session.install("mypy>=1.11", "pytest>=8", "numpy>=1.26", "httpx>=0.27",
+                    "opentelemetry-exporter-prometheus>=0.66b0")
     session.run("mypy", *[f"{d}/src" for d in PACKAGE_DIRS + EXAMPLE_DIRS])
 
 

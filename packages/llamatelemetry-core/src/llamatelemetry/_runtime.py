@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer, TracerProvider
 
     from llamatelemetry.otel.export import ExportStats, QueueingSpanProcessor
+    from llamatelemetry.otel.prometheus import PrometheusEndpoint
     from llamatelemetry.otel.retry import RetryingMetricExporter, RetryingSpanExporter, RetryPolicy
     from llamatelemetry.semconv.content import CaptureMode
     from llamatelemetry.semconv.metrics import GenAIMetrics
@@ -54,6 +55,8 @@ class Telemetry:
     metric_export_stats: ExportStats | None = None
     span_retry: RetryingSpanExporter | None = None
     metric_retry: RetryingMetricExporter | None = None
+    #: The ``/metrics`` endpoint of ``init(prometheus_port=...)`` (``.url``, ``.port``), else ``None``.
+    prometheus: PrometheusEndpoint | None = None
     _deadline: float | None = attrs.field(default=None, init=False)
 
     @property
@@ -134,8 +137,13 @@ class Telemetry:
     def _shutdown_metrics(self) -> None:
         if self.owns_meter_provider:
             left = self._deadline - time.monotonic() if self._deadline is not None else self.settings.shutdown_timeout_s
-            # A floor, so the reader still runs its last collection (into the buffer) and closes its exporter.
-            self.meter_provider.shutdown(timeout_millis=1000 * max(left, 0.05))  # type: ignore[attr-defined]
+            try:
+                # A floor, so the reader still runs its last collection (into the buffer) and closes its exporter.
+                self.meter_provider.shutdown(timeout_millis=1000 * max(left, 0.05))  # type: ignore[attr-defined]
+            finally:
+                if self.prometheus is not None:  # release the port even if a reader failed to shut down
+                    left = self._deadline - time.monotonic() if self._deadline is not None else 1.0
+                    self.prometheus.close(timeout_s=max(left, 0.1))
 
 
 _lock = threading.RLock()
@@ -224,6 +232,8 @@ def init(
     shutdown_timeout: float | None = None,
     export_buffer_size: int | None = None,
     export_retry: RetryPolicy | None = None,
+    prometheus_port: int | None = None,
+    prometheus_host: str | None = None,
 ) -> Telemetry:
     """Set up tracing and metrics for LLM inference and return the telemetry handle.
 
@@ -236,7 +246,9 @@ def init(
     A bad argument raises ``ConfigurationError`` naming it and the expected form. OTLP exports
     are buffered (``export_buffer_size`` spans, and as many metric points) and retried with
     backoff (``export_retry``) while the collector is unreachable; ``shutdown()`` and interpreter
-    exit wait at most ``shutdown_timeout`` seconds (default 2) for the rest.
+    exit wait at most ``shutdown_timeout`` seconds (default 2) for the rest. ``prometheus_port``
+    also serves the metrics at ``http://<prometheus_host>:<port>/metrics`` for Prometheus to scrape
+    (needs ``llamatelemetry-core[prometheus]``; port 0 picks a free one, see ``Telemetry.prometheus``).
     """
     global _current, _atexit_registered
     settings = resolve_settings(
@@ -247,7 +259,7 @@ def init(
         sampler_arg=sampler_arg, capture_content=capture_content, semconv_compat=semconv_compat,
         enable_gpu=enable_gpu, enable_nccl=enable_nccl, metric_export_interval_ms=metric_export_interval_ms,
         use_existing_providers=use_existing_providers, shutdown_timeout=shutdown_timeout,
-        export_buffer_size=export_buffer_size,
+        export_buffer_size=export_buffer_size, prometheus_port=prometheus_port, prometheus_host=prometheus_host,
     )
     if isinstance(span_queue_size, bool) or not isinstance(span_queue_size, int) or span_queue_size < 1:
         raise ConfigurationError(f"init(span_queue_size={span_queue_size!r}) is invalid: give a positive whole "
@@ -373,6 +385,9 @@ def _start(settings: TelemetrySettings, pm: Any, queue_size: int, readers: tuple
     metric_retry: RetryingMetricExporter | None = None
     app_mp = _app_meter_provider() if settings.use_existing_providers else None
     metric_kind = settings.metrics.exporter
+    prometheus = None
+    if settings.prometheus is not None:
+        prometheus = _start_prometheus(settings, app_mp)
     if app_mp is not None:
         meter_provider, owns_mp = app_mp, False
         if metric_kind in ("otlp", "file") or readers:
@@ -380,6 +395,8 @@ def _start(settings: TelemetrySettings, pm: Any, queue_size: int, readers: tuple
                      "(pass use_existing_providers=False to export metrics with llamatelemetry's settings)")
     else:
         all_readers = list(readers)
+        if prometheus is not None:
+            all_readers.append(prometheus.reader)
         metric_exporter = build_metric_exporter(
             metric_kind, endpoint=settings.metrics.endpoint, protocol=settings.metrics.protocol,
             headers=settings.metrics.headers, output_file=settings.output_file, timeout_s=policy.timeout_s,
@@ -407,8 +424,35 @@ def _start(settings: TelemetrySettings, pm: Any, queue_size: int, readers: tuple
         owns_tracer_provider=owns_tp, owns_meter_provider=owns_mp, span_processor=span_processor,
         export_stats=stats, tracer=tracer, meter=meter, metrics=GenAIMetrics.create(meter),
         metric_export_stats=metric_stats if metric_retry is not None else None, span_retry=span_retry,
-        metric_retry=metric_retry,
+        metric_retry=metric_retry, prometheus=prometheus,
     )
+
+
+def _start_prometheus(settings: TelemetrySettings, app_mp: Any | None) -> PrometheusEndpoint | None:
+    # An init() argument that cannot be honoured raises; a variable (set for a whole fleet) only warns.
+    from llamatelemetry.otel.prometheus import start_prometheus_endpoint
+
+    wanted = settings.prometheus
+    assert wanted is not None
+    explicit = wanted.source.startswith("init(")
+    if app_mp is not None:
+        message = (f"{wanted.source} asks for a Prometheus endpoint, but llamatelemetry uses the application's "
+                   "MeterProvider, which cannot take another reader once built: add "
+                   "opentelemetry.exporter.prometheus.PrometheusMetricReader to that provider, or pass "
+                   "init(use_existing_providers=False).")
+        if explicit:
+            raise ConfigurationError(message)
+        log.warning("%s", message)
+        return None
+    try:
+        return start_prometheus_endpoint(wanted.host, wanted.port)
+    except OSError as exc:
+        message = (f"{wanted.source}: cannot serve metrics for Prometheus on {wanted.host}:{wanted.port} ({exc}); "
+                   "pick a free port (0 lets the system choose) or a host of this machine.")
+        if explicit:
+            raise ConfigurationError(message) from exc
+        log.warning("%s Metrics are not served for Prometheus.", message)
+        return None
 
 
 def _create_pipeline_metrics(meter: Meter, stats: ExportStats, metric_stats: ExportStats) -> None:

@@ -28,7 +28,8 @@ import attrs
 from llamatelemetry.errors import ConfigurationError
 from llamatelemetry.semconv.content import ENV_CAPTURE_CONTENT, CaptureMode, parse_capture_mode
 
-__all__ = ["TelemetrySettings", "resolve_settings", "parse_headers", "SEMCONV_COMPAT_OPTIONS", "Protocol", "Exporter"]
+__all__ = ["TelemetrySettings", "PrometheusSettings", "resolve_settings", "parse_headers", "SEMCONV_COMPAT_OPTIONS",
+           "Protocol", "Exporter"]
 
 Protocol = Literal["grpc", "http/protobuf"]
 Exporter = Literal["otlp", "console", "file", "none"]
@@ -45,6 +46,8 @@ ENV_ENABLE_GPU = "LLAMATELEMETRY_ENABLE_GPU"
 ENV_ENABLE_NCCL = "LLAMATELEMETRY_ENABLE_NCCL"
 ENV_SHUTDOWN_TIMEOUT = "LLAMATELEMETRY_SHUTDOWN_TIMEOUT"
 ENV_EXPORT_BUFFER_SIZE = "LLAMATELEMETRY_EXPORT_BUFFER_SIZE"
+ENV_PROMETHEUS_PORT = "LLAMATELEMETRY_PROMETHEUS_PORT"
+ENV_PROMETHEUS_HOST = "LLAMATELEMETRY_PROMETHEUS_HOST"
 
 DEFAULT_SHUTDOWN_TIMEOUT_S = 2.0
 #: Spans, and separately metric data points: a 60 s outage at 50 spans/s is 3,000 spans.
@@ -78,6 +81,17 @@ class SignalSettings:
 
 
 @attrs.frozen
+class PrometheusSettings:
+    """Where ``init(prometheus_port=...)`` serves metrics for Prometheus to scrape."""
+
+    host: str
+    #: 0: any free port (the one bound is ``Telemetry.prometheus.port``).
+    port: int
+    #: What asked for it (``init(prometheus_port=...)`` or the variable): named in errors and warnings.
+    source: str
+
+
+@attrs.frozen
 class TelemetrySettings:
     """Everything ``init()`` resolved; handed to plugins in the ``llamatelemetry_telemetry_*`` hooks."""
 
@@ -100,6 +114,8 @@ class TelemetrySettings:
     shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S
     #: Spans, and separately metric data points, held while the collector is unreachable.
     export_buffer_size: int = DEFAULT_EXPORT_BUFFER_SIZE
+    #: A ``/metrics`` endpoint for Prometheus, beside the metrics exporter; ``None``: none.
+    prometheus: PrometheusSettings | None = None
 
     def describe(self) -> str:
         """A one-paragraph, secret-free summary for logs and the CLI."""
@@ -111,8 +127,10 @@ class TelemetrySettings:
                 return f"file {self.output_file}"
             return signal.exporter
 
+        scrape = (f" and Prometheus scrapes {self.prometheus.host}:{self.prometheus.port}"
+                  if self.prometheus is not None else "")
         return (f"service {self.service_name!r}: traces -> {where(self.traces)}, "
-                f"metrics -> {where(self.metrics)}, content capture {self.capture_content.value}")
+                f"metrics -> {where(self.metrics)}{scrape}, content capture {self.capture_content.value}")
 
 
 def safe_endpoint(endpoint: str | None) -> str:
@@ -394,6 +412,38 @@ def _number(
     return parsed
 
 
+def _prometheus(port: int | None, host: str | None, env: Mapping[str, str]) -> PrometheusSettings | None:
+    """The endpoint from ``init()`` (a bad value raises) or the variables (a malformed one warns and is ignored)."""
+    from llamatelemetry.otel.prometheus import DEFAULT_HOST, valid_host
+
+    port_form = "a TCP port number from 0 to 65535 (0: any free port), such as 9464"
+    host_form = "a host name or IP address to listen on, such as localhost or 0.0.0.0"
+    if host is not None and (not isinstance(host, str) or not valid_host(host.strip())):
+        raise ConfigurationError(f"init(prometheus_host={host!r}) is invalid: give {host_form}.")
+    if host is None:
+        raw_host = env.get(ENV_PROMETHEUS_HOST)
+        if raw_host is not None and raw_host.strip() and not valid_host(raw_host.strip()):
+            _ignore_env(ENV_PROMETHEUS_HOST, repr(raw_host), f"not {host_form}", f"the default, {DEFAULT_HOST}")
+            raw_host = None
+        host = (raw_host or "").strip() or DEFAULT_HOST
+    host = host.strip()
+    if port is not None:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigurationError(f"init(prometheus_port={port!r}) is invalid: give {port_form}.")
+        return PrometheusSettings(host=host, port=port, source="init(prometheus_port=...)")
+    raw = env.get(ENV_PROMETHEUS_PORT)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        parsed: int | None = int(raw.strip())
+    except ValueError:
+        parsed = None
+    if parsed is None or not 0 <= parsed <= 65535:
+        _ignore_env(ENV_PROMETHEUS_PORT, repr(raw), f"not {port_form}", "no Prometheus endpoint")
+        return None
+    return PrometheusSettings(host=host, port=parsed, source=ENV_PROMETHEUS_PORT)
+
+
 def _sampler(name: str | None, arg: str | float | None, env: Mapping[str, str]) -> tuple[str | None, str | None]:
     from llamatelemetry.otel.sampling import SAMPLER_NAMES, check_ratio
 
@@ -449,6 +499,8 @@ def resolve_settings(
     use_existing_providers: bool = True,
     shutdown_timeout: float | None = None,
     export_buffer_size: int | None = None,
+    prometheus_port: int | None = None,
+    prometheus_host: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> TelemetrySettings:
     """Combine ``init()`` arguments with the environment; raise ``ConfigurationError`` naming a bad argument.
@@ -465,7 +517,7 @@ def resolve_settings(
             sampler_arg=sampler_arg, capture_content=capture_content, semconv_compat=semconv_compat,
             enable_gpu=enable_gpu, enable_nccl=enable_nccl, metric_export_interval_ms=metric_export_interval_ms,
             use_existing_providers=use_existing_providers, shutdown_timeout=shutdown_timeout,
-            export_buffer_size=export_buffer_size,
+            export_buffer_size=export_buffer_size, prometheus_port=prometheus_port, prometheus_host=prometheus_host,
         )
     finally:
         _reported.reset(token)
@@ -495,6 +547,8 @@ def _resolve(
     use_existing_providers: bool,
     shutdown_timeout: float | None,
     export_buffer_size: int | None,
+    prometheus_port: int | None,
+    prometheus_host: str | None,
 ) -> TelemetrySettings:
     file = os.fspath(output_file) if output_file is not None else env.get(ENV_OUTPUT_FILE) or None
     common = dict(env=env, endpoint_arg=otlp_endpoint, protocol_arg=protocol, headers_arg=headers, output_file=file)
@@ -522,6 +576,11 @@ def _resolve(
     buffer_size = int(_number(export_buffer_size, env, arg="export_buffer_size", var=ENV_EXPORT_BUFFER_SIZE,
                               default=DEFAULT_EXPORT_BUFFER_SIZE, unit="items", minimum=1, integer=True))
     sampler_name, arg = _sampler(sampler, sampler_arg, env)
+    prometheus = _prometheus(prometheus_port, prometheus_host, env)
+    if (prometheus is not None and metrics.exporter == "console" and metrics_exporter is None
+            and not env.get("OTEL_METRICS_EXPORTER")):
+        # Console was only the fallback for "no destination": Prometheus is one, so stderr stays quiet.
+        metrics = attrs.evolve(metrics, exporter="none")
 
     name = service_name or env.get("OTEL_SERVICE_NAME") or "unknown_service"
     return TelemetrySettings(
@@ -542,4 +601,5 @@ def _resolve(
         enabled=not _bool(None, env, "OTEL_SDK_DISABLED", False),
         shutdown_timeout_s=shutdown_s,
         export_buffer_size=buffer_size,
+        prometheus=prometheus,
     )
