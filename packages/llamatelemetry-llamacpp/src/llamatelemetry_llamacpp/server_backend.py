@@ -21,12 +21,23 @@ traced calls outside an engine.
 
 Generation always streams, whatever ``request.stream`` says, so time to first token is measured
 on the client's clock from the first chunk carrying text; the server's ``timings`` give the
-prefill and decode speeds beside it.
+prefill and decode speeds beside it. So under an engine every request span gets the real-time
+phase children a streamed client call gets: the backend opens them on the engine's generation as
+it sends (``Generation.start_phases()``), ``llama_cpp.prefill`` ends as the first output chunk
+arrives and ``llama_cpp.decode`` when the engine ends the generation, with the server's generation
+timings on it (never as back-dated times).
+
+``start()`` also reads ``/v1/models`` once: the served model's GGUF facts (file type such as
+``Q4_K_M``, size, parameters; ``semconv.served_model_attributes``) become ``span_attributes``,
+which the engine puts on every request span. A server that does not say (no ``meta``, no
+``/v1/models``) starts all the same, with spans that go without them.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from llamatelemetry.errors import BackendNotStartedError
@@ -35,13 +46,18 @@ from llamatelemetry.inference.recording import current_generation
 from llamatelemetry.semconv import gen_ai
 from llamatelemetry.semconv.mapping import model_display_name
 from llamatelemetry_llamacpp.client import LlamaCppClient
+from llamatelemetry_llamacpp.errors import AuthenticationError, LlamaCppHTTPError, StreamProtocolError
 from llamatelemetry_llamacpp.payloads import chat_call, completion_call
+from llamatelemetry_llamacpp.semconv import served_model_attributes
+from llamatelemetry_llamacpp.telemetry import _DECODE_TIMINGS
 from llamatelemetry_llamacpp.transport import DEFAULT_BASE_URL, Endpoint
 
 if TYPE_CHECKING:
     from llamatelemetry.inference.types import CudaInferenceConfig
 
 __all__ = ["LlamaCppServerBackend"]
+
+log = logging.getLogger("llamatelemetry.llama_cpp")
 
 
 class LlamaCppServerBackend:
@@ -73,13 +89,15 @@ class LlamaCppServerBackend:
         self._requested_model = model
         #: ``gen_ai.request.model`` of the engine's spans: the model asked for, else the server's (after start).
         self.model_name: str | None = model_display_name(model)
+        #: Attributes for every request span: the served model's GGUF facts, read from ``/v1/models`` at start().
+        self.span_attributes: Mapping[str, Any] = {}
         self._api_key = api_key
         self._client_options = client_options
         self._client: LlamaCppClient | None = None
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        """Check ``/health`` (waiting through model loading as the retries allow) and learn the model name."""
+        """Check ``/health`` (waiting through model loading as the retries allow); learn the model's name and facts."""
         with self._lock:
             if self._client is not None:
                 return
@@ -87,12 +105,32 @@ class LlamaCppServerBackend:
                                     **self._client_options)
             try:
                 client.health()
-                if self._requested_model is None:
-                    self.model_name = model_display_name(client.model_id())
+                self._learn_model(client)
             except BaseException:
                 client.close()
                 raise
             self._client = client
+
+    def _learn_model(self, client: LlamaCppClient) -> None:
+        """Read ``/v1/models`` once: the model's name (when none was asked for) and its facts for every span."""
+        try:
+            models = client.models(retries=0)
+        except AuthenticationError:
+            raise  # a wrong key fails every request too: say so now
+        except (LlamaCppHTTPError, StreamProtocolError) as exc:
+            # Another build may lack it or answer oddly: requests still work, and spans go without the facts.
+            said = f"HTTP {exc.status}: {exc.message}" if isinstance(exc, LlamaCppHTTPError) else str(exc)
+            log.warning("The server at %s did not list its model (GET /v1/models: %s); spans go without the "
+                        "model's facts.", self.url, said)
+            return
+        if self._requested_model is None:
+            served = models[0] if models else None
+            if served is not None:
+                self.model_name = model_display_name(served.id)
+        else:
+            # Facts only of the model asked for: a router serving several must not lend another's.
+            served = next((m for m in models if m.id == self._requested_model), None)
+        self.span_attributes = served_model_attributes(served.meta) if served is not None else {}
 
     def generate(self, request: InferenceRequest) -> InferenceResult:
         """Stream ``request`` through the server and report what the client measured and the server said."""
@@ -120,6 +158,8 @@ class LlamaCppServerBackend:
         # This backend always streams: its chunks, marked on the engine's generation, give the span its
         # stream figures whatever request.stream says.
         generation = current_generation()
+        # The request goes out now: the engine's generation gets its prefill phase span (send -> first chunk).
+        generation.start_phases()
         stream = client._open_stream(call, within=generation)
         parts: list[str] = []
         with stream:
@@ -129,6 +169,8 @@ class LlamaCppServerBackend:
         stats = stream.stats
         # The recorder puts the stream's own attributes on the engine's span from the chunk marks.
         timings = stats.timings.attributes() if stats.timings is not None else {}
+        # The server's generation timings beside the decode phase, which the engine ends.
+        generation.set_phase_attributes({key: value for key, value in timings.items() if key in _DECODE_TIMINGS})
         return stats.to_inference_result("".join(parts), request.request_id,
                                          attributes=timings if generation.active else None)
 

@@ -3,7 +3,12 @@
 Backends report what they measured in ``InferenceResult``; the engine hands it to the request
 recorder (``llamatelemetry.inference.recording``), which turns it into telemetry the same way for
 every backend, so a third-party backend gets spans and metrics for free. A backend may add child
-spans (prefill, decode): the request span is current while it runs.
+spans (prefill, decode): the request span is current while it runs. A backend that streams from a
+server opens the recorder's real-time phase spans on the engine's generation
+(``current_generation().start_phases()`` as it sends); the engine opens none itself, so in-process
+backends, which time their own phases, keep exactly one pair. A backend's ``span_attributes`` (a
+mapping, read per request; the served model's facts, for instance) go on every request span from
+its start, failed ones included.
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ class InferenceEngine:
             request, provider=self.provider_name, model=request.model or getattr(backend, "model_name", None),
             server_address=getattr(backend, "server_address", None),
             server_port=getattr(backend, "server_port", None),
+            attributes=getattr(backend, "span_attributes", None) or None,
             kind="client" if self.span_kind == "client" else "internal",
             # The backend marks streamed chunks, if it streams, on current_generation(): the recorder
             # then adds the stream's figures; a request that asks to stream keeps gen_ai.request.stream.
