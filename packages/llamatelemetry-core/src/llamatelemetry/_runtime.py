@@ -328,6 +328,9 @@ def _start(settings: TelemetrySettings, pm: Any, queue_size: int, readers: tuple
             tracer=noop_tp.get_tracer(INSTRUMENTATION_NAME), meter=noop_meter, metrics=GenAIMetrics.create(noop_meter),
         )
     resource = _build_resource(settings, pm.resource_attributes(settings))
+    app_mp = _app_meter_provider() if settings.use_existing_providers else None
+    # First, so a missing package or a taken port fails init() before any provider exists.
+    prometheus = _start_prometheus(settings, app_mp) if settings.prometheus is not None else None
 
     # ---- traces
     app_tp = _app_tracer_provider() if settings.use_existing_providers else None
@@ -383,11 +386,7 @@ def _start(settings: TelemetrySettings, pm: Any, queue_size: int, readers: tuple
 
     # ---- metrics
     metric_retry: RetryingMetricExporter | None = None
-    app_mp = _app_meter_provider() if settings.use_existing_providers else None
     metric_kind = settings.metrics.exporter
-    prometheus = None
-    if settings.prometheus is not None:
-        prometheus = _start_prometheus(settings, app_mp)
     if app_mp is not None:
         meter_provider, owns_mp = app_mp, False
         if metric_kind in ("otlp", "file") or readers:
