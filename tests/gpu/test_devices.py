@@ -8,6 +8,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import pytest
 from gpu_helpers import T4_TOTAL, T4_UUID, T4_UUID_2, t4
 
@@ -164,3 +165,45 @@ def test_a_failing_nvidia_smi_is_no_gpu(tmp_path: Path, monkeypatch: pytest.Monk
     assert list_devices() == []
     with pytest.raises(NoGPUError, match="couldn't communicate with the NVIDIA driver"):
         GPUSnapshot.capture(0)
+
+
+# ---------------------------------------------------------------- compute capability
+
+
+def test_compute_capability_comes_from_nvml_once_per_gpu(install_fake: Callable[[FakeNVML], FakeNVML]) -> None:
+    """NVML's (major, minor) is on the device and the snapshot; a fixed fact, asked once per GPU per source."""
+    from llamatelemetry.gpu import open_source
+
+    fake = install_fake(FakeNVML([attrs.evolve(t4(), compute_capability=(7, 5)),
+                                  attrs.evolve(t4(T4_UUID_2, pid=4243), compute_capability=(8, 9))]))
+    devices = list_devices()
+    assert [d.compute_capability for d in devices] == [(7, 5), (8, 9)]
+    assert devices[0] == GPUDevice(0, "Tesla T4", T4_UUID, T4_TOTAL, compute_capability=(7, 5))
+    assert [d.compute_capability_text for d in devices] == ["7.5", "8.9"]
+    assert fake.calls["nvmlDeviceGetCudaComputeCapability"] == 2
+    with open_source() as source:
+        listed = source.devices()
+        snapshot = source.snapshot(1)
+        source.snapshot(1)
+    assert snapshot.compute_capability == (8, 9) and snapshot.device == listed[1]
+    assert fake.calls["nvmlDeviceGetCudaComputeCapability"] == 4, "two more for the new source, none per snapshot"
+    assert fake.initialized == 0
+
+
+def test_compute_capability_is_none_where_the_driver_cannot_say(install_fake: Callable[[FakeNVML], FakeNVML]) -> None:
+    """NotSupported, or bindings older than the call: None, never a guess; the rest still reads."""
+    fake = install_fake(FakeNVML([t4()]))  # the fake answers NotSupported for a GPU given no capability
+    (device,) = list_devices()
+    assert device.compute_capability is None and device.compute_capability_text is None
+    assert device == GPUDevice(0, "Tesla T4", T4_UUID, T4_TOTAL)
+    assert GPUSnapshot.capture(0).compute_capability is None
+    assert fake.calls["nvmlDeviceGetCudaComputeCapability"] == 2
+
+    class FakeOldBindings(FakeNVML):
+        """A FAKE pynvml from before ``nvmlDeviceGetCudaComputeCapability`` existed."""
+
+        nvmlDeviceGetCudaComputeCapability = None
+
+    old = install_fake(FakeOldBindings([attrs.evolve(t4(), compute_capability=(7, 5))]))
+    assert [d.compute_capability for d in list_devices()] == [None]
+    assert old.calls["nvmlDeviceGetCudaComputeCapability"] == 0

@@ -8,7 +8,8 @@
   CUDA library folders) under a temporary root, passed to ``auto_configure(root=...)``.
 - ``on_kaggle``: Kaggle's environment variables, set for one test.
 - ``install_gpus``: FAKE NVML devices (``llamatelemetry.testing.fake_nvml``) as ``pynvml``: two T4s
-  (15,360 MiB, 70 W, compute 7.5), one T4, one P100, or none.
+  (15,360 MiB, 70 W, compute 7.5 answered by NVML), one T4, one P100 (whose compute capability
+  NVML does not answer), or none.
 - ``open_port`` / ``closed_port``: a real local listener and a port nothing listens on, for the
   internet check.
 """
@@ -156,27 +157,15 @@ def on_kaggle(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAGGLE_KERNEL_INTEGRATIONS", "")
 
 
-class FakeNVMLWithComputeCapability(FakeNVML):
-    """FAKE ``pynvml`` that also answers ``nvmlDeviceGetCudaComputeCapability`` (the core's fake does not)."""
-
-    def __init__(self, devices: list[FakeDevice], capabilities: dict[str, tuple[int, int]]) -> None:
-        super().__init__(devices)
-        self.capabilities = capabilities
-
-    def nvmlDeviceGetCudaComputeCapability(self, handle: FakeDevice) -> tuple[int, int]:
-        self._count("nvmlDeviceGetCudaComputeCapability")
-        return self.capabilities[handle.uuid]
-
-
 def fake_t4(uuid: str) -> FakeDevice:
-    """A FAKE Tesla T4 as Kaggle has them: 15,360 MiB, 70 W cap."""
+    """A FAKE Tesla T4 as Kaggle has them: 15,360 MiB, 70 W cap, compute capability 7.5 (NVML says so)."""
     return FakeDevice("Tesla T4", uuid, 15360 * MIB, readings=[FakeReading(memory_used_bytes=300 * MIB,
                                                                            power_mw=9000, temperature_c=40)],
-                      power_limit_mw=70_000)
+                      power_limit_mw=70_000, compute_capability=(7, 5))
 
 
 def fake_p100() -> FakeDevice:
-    """A FAKE Tesla P100 (16 GB, 250 W cap)."""
+    """A FAKE Tesla P100 (16 GB, 250 W cap) whose driver does not say its compute capability (NotSupported)."""
     return FakeDevice("Tesla P100-PCIE-16GB", "GPU-p100-0000", 16384 * MIB,
                       readings=[FakeReading(memory_used_bytes=0, power_mw=25000)], power_limit_mw=250_000)
 
@@ -188,12 +177,11 @@ def install_gpus(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], FakeNVML]:
     def install(kind: str) -> FakeNVML:
         fake: FakeNVML
         if kind == "t4x2":
-            fake = FakeNVMLWithComputeCapability([fake_t4("GPU-t4-aaaa"), fake_t4("GPU-t4-bbbb")],
-                                                 {"GPU-t4-aaaa": (7, 5), "GPU-t4-bbbb": (7, 5)})
+            fake = FakeNVML([fake_t4("GPU-t4-aaaa"), fake_t4("GPU-t4-bbbb")])
         elif kind == "t4":
-            fake = FakeNVMLWithComputeCapability([fake_t4("GPU-t4-aaaa")], {"GPU-t4-aaaa": (7, 5)})
+            fake = FakeNVML([fake_t4("GPU-t4-aaaa")])
         elif kind == "p100":
-            # The core's fake has no compute-capability call: the plugin's product-name table answers.
+            # NVML cannot say here: the plugin's product-name table answers.
             fake = FakeNVML([fake_p100()])
         elif kind == "none":
             fake = FakeNVML([])

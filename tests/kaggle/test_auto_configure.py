@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -119,6 +120,25 @@ def test_two_t4s_read_through_the_gpu_module(on_kaggle: None, kaggle_root: Path,
     assert cfg.library_path == (str(kaggle_root / "usr/local/nvidia/lib64"), str(kaggle_root / "usr/local/cuda/lib64"))
     text = cfg.describe()
     assert "T4 x2" in text and "cc 7.5" in text and "kaggle_t4_dual" in text
+
+
+def test_nvml_answers_the_compute_capability_and_the_name_table_only_fills_in(
+        on_kaggle: None, kaggle_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU the table does not know gets NVML's answer; one NVML cannot say about gets the table's."""
+    from conftest import fake_p100
+
+    from llamatelemetry.testing.fake_nvml import FakeDevice, FakeReading
+    from llamatelemetry_kaggle.accelerator import compute_capability_from_name
+
+    ada = FakeDevice("NVIDIA RTX 6000 Ada Generation", "GPU-ada-0000", 49140 * 1024 * 1024,
+                     readings=[FakeReading(memory_used_bytes=0)], compute_capability=(8, 9))
+    assert compute_capability_from_name(ada.name) is None, "only NVML knows this one"
+    fake = FakeNVML([ada, fake_p100()])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    cfg = auto_configure(root=kaggle_root, check_internet=False)
+    assert [g.compute_capability for g in cfg.accelerator.gpus] == [(8, 9), (6, 0)]
+    assert cfg.accelerator.min_compute_capability == (6, 0) and cfg.flash_attention is False
+    assert fake.calls["nvmlDeviceGetCudaComputeCapability"] == 2 and fake.initialized == 0
 
 
 def test_the_secrets_labels_can_be_changed(on_kaggle: None, kaggle_root: Path, fake_kaggle_secrets: FakeKaggleSecrets,

@@ -1,10 +1,8 @@
-"""The notebook's accelerator: its GPUs as the core's GPU module reads them, with their compute capability."""
+"""The notebook's accelerator: its GPUs as the core's GPU module reads them, compute capability included."""
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import Any
 
 import attrs
 
@@ -12,8 +10,9 @@ __all__ = ["GPUInfo", "Accelerator", "detect_accelerator", "compute_capability_f
 
 log = logging.getLogger("llamatelemetry.kaggle")
 
-# Compute capability by product name, for where NVML cannot say (nvidia-smi only, an old pynvml):
-# the GPUs Kaggle offers and a few common ones. NVML's own answer always wins.
+# Compute capability by product name, for where NVML cannot say (nvidia-smi only, an old pynvml, a
+# driver that does not answer): the GPUs Kaggle offers and a few common ones. NVML's answer, which
+# the core's GPU module reads into GPUDevice.compute_capability, always wins.
 _KNOWN_CAPABILITIES: tuple[tuple[str, tuple[int, int]], ...] = (
     ("T4", (7, 5)), ("P100", (6, 0)), ("V100", (7, 0)), ("A100", (8, 0)), ("A10G", (8, 6)), ("L4", (8, 9)),
     ("H100", (9, 0)), ("H200", (9, 0)),
@@ -87,35 +86,6 @@ class Accelerator:
         return short if self.gpu_count == 1 else f"{short} x{self.gpu_count}"
 
 
-def _nvml_capabilities(count: int) -> list[tuple[int, int] | None]:
-    """Each GPU's compute capability from NVML, ``None`` where it cannot say (the GPU module does not read it)."""
-    try:
-        nvml: Any = importlib.import_module("pynvml")
-        nvml.nvmlInit()
-    except Exception as exc:  # no NVML here: the product-name table answers instead
-        log.debug("compute capability: NVML unavailable (%s)", exc)
-        return [None] * count
-    try:
-        read = getattr(nvml, "nvmlDeviceGetCudaComputeCapability", None)
-        found: list[tuple[int, int] | None] = []
-        for index in range(count):
-            try:
-                if read is None:
-                    found.append(None)
-                    continue
-                major, minor = read(nvml.nvmlDeviceGetHandleByIndex(index))
-                found.append((int(major), int(minor)))
-            except Exception as exc:  # one GPU that does not answer leaves the others readable
-                log.debug("compute capability of GPU %d: %s", index, exc)
-                found.append(None)
-        return found
-    finally:
-        try:
-            nvml.nvmlShutdown()
-        except Exception as exc:
-            log.debug("nvmlShutdown: %s", exc)
-
-
 def detect_accelerator() -> Accelerator:
     """Read the GPUs through ``llamatelemetry.gpu`` (NVML, else nvidia-smi); an empty ``Accelerator`` without one."""
     from llamatelemetry.gpu import NoGPUError, open_source
@@ -132,10 +102,10 @@ def detect_accelerator() -> Accelerator:
     except NoGPUError as exc:
         log.debug("no GPU: %s", exc)
         return Accelerator()
-    capabilities = _nvml_capabilities(len(devices))
     gpus = tuple(
         GPUInfo(index=device.index, name=device.name, memory_total_mib=round(device.memory_total_mb),
-                power_limit_w=limit, compute_capability=capability or compute_capability_from_name(device.name))
-        for device, limit, capability in zip(devices, limits, capabilities, strict=True)
+                power_limit_w=limit,
+                compute_capability=device.compute_capability or compute_capability_from_name(device.name))
+        for device, limit in zip(devices, limits, strict=True)
     )
     return Accelerator(gpus=gpus)

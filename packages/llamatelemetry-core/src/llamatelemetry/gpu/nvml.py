@@ -52,6 +52,7 @@ class NVMLSource(GPUSource):
         self._errors: tuple[type[BaseException], ...] = (nvml.NVMLError, *(
             getattr(nvml, name) for name in _OTHER_NVML_ERRORS if hasattr(nvml, name)))
         self._unsupported: set[tuple[int, str]] = set()
+        self._capabilities: dict[int, tuple[int, int] | None] = {}
         self._closed = False
 
     @classmethod
@@ -103,8 +104,25 @@ class NVMLSource(GPUSource):
         """Every GPU, in NVML order."""
         nvml = self._nvml
         return [GPUDevice(index=i, name=_text(nvml.nvmlDeviceGetName(h)), uuid=_text(nvml.nvmlDeviceGetUUID(h)),
-                          memory_total_bytes=int(nvml.nvmlDeviceGetMemoryInfo(h).total))
+                          memory_total_bytes=int(nvml.nvmlDeviceGetMemoryInfo(h).total),
+                          compute_capability=self._compute_capability(i, h))
                 for i, h in enumerate(self._handles)]
+
+    def _compute_capability(self, index: int, handle: Any) -> tuple[int, int] | None:
+        """CUDA's (major, minor) for GPU ``index``; ``None`` where the driver (or old bindings) cannot say."""
+        if index in self._capabilities:  # a fixed fact of the GPU: asked once per source
+            return self._capabilities[index]
+        read = getattr(self._nvml, "nvmlDeviceGetCudaComputeCapability", None)
+        capability: tuple[int, int] | None = None
+        if read is not None:  # else bindings older than the call
+            found = self._optional(index, "compute_capability", read, handle)
+            try:
+                major, minor = found
+                capability = (int(major), int(minor))
+            except (TypeError, ValueError):  # None (not reported) or an answer of another shape
+                capability = None
+        self._capabilities[index] = capability
+        return capability
 
     def read(self, indices: Sequence[int]) -> list[GPUReading]:
         """A light reading of each GPU in ``indices``."""
@@ -147,6 +165,7 @@ class NVMLSource(GPUSource):
             memory_clock_mhz=reading.memory_clock_mhz, driver_version=_text(driver) if driver is not None else None,
             cuda_version=_cuda_version(int(cuda)) if cuda is not None else None,
             processes=self._processes(index, handle), source=self.kind,
+            compute_capability=self._compute_capability(index, handle),
         )
 
     def _processes(self, index: int, handle: Any) -> tuple[GPUProcess, ...]:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import attrs
 
-__all__ = ["GPUDevice", "GPUProcess", "GPUSnapshot", "GPUReading", "MIB"]
+__all__ = ["GPUDevice", "GPUProcess", "GPUSnapshot", "GPUReading", "MIB", "compute_capability_text"]
 
 #: Bytes in a mebibyte: NVML and nvidia-smi's "MiB", and the unit of ``vram_mb`` figures.
 MIB = 1024 * 1024
+
+
+def compute_capability_text(capability: tuple[int, int] | None) -> str | None:
+    """``(7, 5)`` as ``"7.5"`` (CUDA's spelling); ``None`` stays ``None``."""
+    return None if capability is None else f"{capability[0]}.{capability[1]}"
 
 
 @attrs.frozen
@@ -16,17 +21,26 @@ class GPUDevice:
 
     ``index`` is NVML's index, the number nvidia-smi shows; it can differ from a CUDA device
     ordinal when ``CUDA_VISIBLE_DEVICES`` is set (see ``visible_device_ids``).
+    ``compute_capability`` is CUDA's (major, minor), (7, 5) on a T4, as NVML reports it; ``None``
+    where the driver cannot say (and through nvidia-smi, whose older builds lack the field).
 
     Example::
 
         >>> list_devices()
-        [GPUDevice(index=0, name='Tesla T4', uuid='GPU-5c1e...', memory_total_bytes=16106127360)]
+        [GPUDevice(index=0, name='Tesla T4', uuid='GPU-5c1e...', memory_total_bytes=16106127360,
+                   compute_capability=(7, 5))]
     """
 
     index: int
     name: str
     uuid: str
     memory_total_bytes: int
+    compute_capability: tuple[int, int] | None = None
+
+    @property
+    def compute_capability_text(self) -> str | None:
+        """The compute capability as CUDA writes it (``"7.5"``), ``None`` where unknown."""
+        return compute_capability_text(self.compute_capability)
 
     @property
     def memory_total_mb(self) -> float:
@@ -81,6 +95,8 @@ class GPUSnapshot:
     cuda_version: str | None = None
     processes: tuple[GPUProcess, ...] = ()
     source: str = "nvml"
+    #: CUDA compute capability (major, minor), as on ``GPUDevice``; ``None`` where the driver cannot say.
+    compute_capability: tuple[int, int] | None = None
 
     @property
     def memory_utilization(self) -> float:
@@ -90,7 +106,7 @@ class GPUSnapshot:
     @property
     def device(self) -> GPUDevice:
         """The device this snapshot is of."""
-        return GPUDevice(self.device_id, self.name, self.uuid, self.memory_total_bytes)
+        return GPUDevice(self.device_id, self.name, self.uuid, self.memory_total_bytes, self.compute_capability)
 
     @classmethod
     def capture(cls, device_id: int = 0) -> GPUSnapshot:

@@ -9,10 +9,12 @@ it where ``pynvml`` would be imported::
     monkeypatch.setitem(sys.modules, "pynvml", fake)
 
 Readings hold NVML's raw units (mW, mJ, percent, MHz); a ``None`` figure answers
-``NVMLError_NotSupported``, as a GPU without that sensor does. ``process_list_error`` makes the
-process-list calls raise, as ``pynvml.NVMLLibraryMismatchError`` (a plain ``Exception``, not an
-``NVMLError``) does where the bindings and the driver's library disagree on those calls. ``clock`` is a manual clock a
-test can install as the GPU module's ``_monotonic`` to make span edges exact.
+``NVMLError_NotSupported``, as a GPU without that sensor does. Each fake GPU's compute capability
+(``FakeDevice(compute_capability=(7, 5))``) answers ``nvmlDeviceGetCudaComputeCapability``.
+``process_list_error`` makes the process-list calls raise, as ``pynvml.NVMLLibraryMismatchError``
+(a plain ``Exception``, not an ``NVMLError``) does where the bindings and the driver's library
+disagree on those calls. ``clock`` is a manual clock a test can install as the GPU module's
+``_monotonic`` to make span edges exact.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ class FakeDevice:
     power_limit_mw: int | None = None
     processes: Sequence[FakeProcess] = ()
     step: int = 0
+    #: What ``nvmlDeviceGetCudaComputeCapability`` answers, as (major, minor): (7, 5) for a T4; ``None``
+    #: answers ``NVMLError_NotSupported`` (a driver that cannot say; callers then fall back or report none).
+    compute_capability: tuple[int, int] | None = None
 
     @property
     def reading(self) -> FakeReading:
@@ -211,6 +216,11 @@ class FakeNVML:
         reading = handle.reading
         return int(self._figure(handle, reading.sm_clock_mhz if clock == self.NVML_CLOCK_SM
                                 else reading.memory_clock_mhz))
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle: FakeDevice) -> tuple[int, int]:
+        self._count("nvmlDeviceGetCudaComputeCapability")
+        major, minor = self._figure(handle, handle.compute_capability)
+        return int(major), int(minor)
 
     def nvmlDeviceGetPowerManagementLimit(self, handle: FakeDevice) -> int:
         self._count("nvmlDeviceGetPowerManagementLimit")
