@@ -4,7 +4,8 @@ Starts llama.cpp's own server (xllamacpp) on SmolLM2-135M-Instruct from the ``ll
 package (or a generated tiny model with ``--tiny``), sends one chat request through
 ``create_engine("llama.cpp")``, and prints the generated text, the span tree with durations and a
 metrics summary (TTFT, prefill and decode speed). The telemetry is written to a JSON-lines file;
-with ``--otlp-endpoint`` it also goes to a collector.
+with ``--otlp-endpoint`` it also goes to a collector. With ``--viewer`` the trace goes to a local
+Arize Phoenix (``pip install arize-phoenix``), whose UI stays up until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
                         help="which llama.cpp server to start (default: the first installed)")
     parser.add_argument("--gpu-layers", type=int, default=99, help="layers to offload to a GPU (default 99)")
     parser.add_argument("--capture-content", action="store_true", help="record the prompt and completion on spans")
+    parser.add_argument("--viewer", action="store_true",
+                        help="start Arize Phoenix (pip install arize-phoenix), send the trace there, print its URL "
+                             "and keep it running until Ctrl-C")
+    parser.add_argument("--viewer-port", type=int, help="Phoenix's UI port with --viewer (default 6006 if free)")
     parser.set_defaults(handler=run)
 
 
@@ -83,6 +88,45 @@ def _summary(result: Any) -> list[tuple[str, str]]:
     ]
 
 
+#: The Phoenix project the demo's trace lands in with ``--viewer``.
+VIEWER_PROJECT = "llamatelemetry-demo"
+
+
+def _start_viewer(args: argparse.Namespace, workdir: Path) -> Any:
+    from llamatelemetry_llamacpp.viewer import (
+        PhoenixNotInstalledError,
+        PhoenixStartError,
+        interrupt_on_signals,
+        start_phoenix,
+    )
+
+    print("starting Arize Phoenix (about 20 s)...", flush=True)
+    interrupt_on_signals()
+    try:
+        phoenix = start_phoenix(workdir / "phoenix", http_port=args.viewer_port)
+    except (PhoenixNotInstalledError, PhoenixStartError) as exc:
+        raise SystemExit(f"llamatelemetry demo --viewer: {exc}") from exc
+    import atexit
+
+    atexit.register(phoenix.stop)  # a demo that fails or is stopped half-way leaves no Phoenix behind
+    args.otlp_endpoint, args.protocol = phoenix.otlp_grpc_endpoint, "grpc"
+    return phoenix
+
+
+def _show_viewer(phoenix: Any) -> None:
+    from llamatelemetry_llamacpp.viewer import wait_for_interrupt
+
+    try:
+        phoenix.wait_for_spans(VIEWER_PROJECT, 1, timeout_s=10.0)  # the project exists once a span is stored
+        print(f"\nPhoenix: open {phoenix.project_url(VIEWER_PROJECT)} (project {VIEWER_PROJECT}; OTLP receivers "
+              f"{phoenix.otlp_grpc_endpoint} gRPC, {phoenix.otlp_http_traces_endpoint} HTTP)\n"
+              "press Ctrl-C to stop Phoenix", flush=True)
+        wait_for_interrupt(phoenix)
+    finally:
+        phoenix.stop()
+    print("Phoenix stopped", flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit status."""
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -93,11 +137,15 @@ def run(args: argparse.Namespace) -> int:
     from llamatelemetry.otel.summary import render_span_tree
     from llamatelemetry_llamacpp.semconv import MODEL_PATH
     from llamatelemetry_llamacpp.server import ServerManager
+    from llamatelemetry_llamacpp.viewer import PROJECT_ATTRIBUTE
 
     if args.max_tokens < 1:
         raise SystemExit("llamatelemetry demo: --max-tokens must be at least 1")
+    if args.viewer and args.otlp_endpoint:
+        raise SystemExit("llamatelemetry demo: --viewer sends the trace to its own Phoenix; drop --otlp-endpoint")
     workdir = Path(tempfile.mkdtemp(prefix="llamatelemetry-demo-"))
     model = _model_path(args, workdir)
+    phoenix = _start_viewer(args, workdir) if args.viewer else None
     output = args.output.expanduser().resolve()
     if output.exists():
         output.unlink()  # one run per file, so it reads as this run's telemetry
@@ -119,6 +167,9 @@ def run(args: argparse.Namespace) -> int:
                        metric_readers=[PeriodicExportingMetricReader(file_metrics)])
     else:
         options["output_file"] = output
+    if phoenix is not None:
+        # Phoenix files spans by this attribute, and receives traces only (no OTLP metrics service).
+        options.update(resource_attributes={PROJECT_ATTRIBUTE: VIEWER_PROJECT}, metrics_exporter="none")
     telemetry = llamatelemetry.init(**options)
 
     server = ServerManager(log_dir=workdir)
@@ -148,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
     llamatelemetry.shutdown()
     where = f"{output}" + (f" and OTLP {args.otlp_endpoint}" if args.otlp_endpoint else "")
     print(f"\ntelemetry written to {where} ({stats.exported} spans exported, {stats.dropped} dropped)")
+    if phoenix is not None:
+        _show_viewer(phoenix)
     if os.environ.get("LLAMATELEMETRY_DEMO_KEEP") is None:
         import shutil
 
