@@ -207,3 +207,19 @@ def test_compute_capability_is_none_where_the_driver_cannot_say(install_fake: Ca
     old = install_fake(FakeOldBindings([attrs.evolve(t4(), compute_capability=(7, 5))]))
     assert [d.compute_capability for d in list_devices()] == [None]
     assert old.calls["nvmlDeviceGetCudaComputeCapability"] == 0
+
+
+def test_doctor_shows_each_gpus_compute_capability(install_fake: Callable[[FakeNVML], FakeNVML],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`llamatelemetry doctor` lists each GPU with NVML's compute capability; nothing made up where it cannot say."""
+    import json
+
+    from llamatelemetry.cli import main
+
+    install_fake(FakeNVML([attrs.evolve(t4(), compute_capability=(7, 5)), t4(T4_UUID_2, pid=4243)]))
+    assert main(["doctor"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  [0] Tesla T4, compute capability 7.5" in lines and "  [1] Tesla T4" in lines
+    assert main(["doctor", "--json"]) == 0
+    details = json.loads(capsys.readouterr().out)["gpu"]["details"]
+    assert [(d["index"], d["compute_capability"]) for d in details] == [(0, "7.5"), (1, None)]

@@ -56,7 +56,8 @@ def test_resource_attributes_only_on_kaggle_and_nothing_secret(monkeypatch: pyte
     assert {k: v for k, v in attributes.items() if k.startswith("llamatelemetry.")} == {
         "llamatelemetry.platform": "kaggle", "llamatelemetry.kaggle.run_type": "batch",
         "llamatelemetry.kaggle.accelerator": "T4", "llamatelemetry.kaggle.gpu.count": 1,
-        "llamatelemetry.kaggle.gpu.names": ["Tesla T4"], "llamatelemetry.kaggle.integrations": ["BIGQUERY", "GCS"],
+        "llamatelemetry.kaggle.gpu.names": ["Tesla T4"], "llamatelemetry.kaggle.gpu.compute_capabilities": ["7.5"],
+        "llamatelemetry.kaggle.integrations": ["BIGQUERY", "GCS"],
         "llamatelemetry.kaggle.data_proxy.project": "kaggle-161607",
     }
     assert "fake-secret-token" not in repr(attributes) and "fake-iap-token" not in repr(attributes)
@@ -74,10 +75,14 @@ def test_doctor_shows_the_kaggle_facts_on_kaggle(on_kaggle: None, kaggle_root: P
     assert "resource attributes from plugins" in text
     assert "llamatelemetry.platform = kaggle" in text and "llamatelemetry.kaggle.run_type = interactive" in text
     assert "llamatelemetry.kaggle.accelerator = T4 x2" in text and "Tesla T4, Tesla T4" in text
+    assert "llamatelemetry.kaggle.gpu.compute_capabilities = 7.5, 7.5" in text
+    assert "[0] Tesla T4, compute capability 7.5" in text and "[1] Tesla T4, compute capability 7.5" in text
     assert "fake-kernel-jwt" not in text
     assert main(["doctor", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["resource_attributes"]["llamatelemetry.kaggle.gpu.count"] == 2
+    assert report["resource_attributes"]["llamatelemetry.kaggle.gpu.compute_capabilities"] == ["7.5", "7.5"]
+    assert [d["compute_capability"] for d in report["gpu"]["details"]] == ["7.5", "7.5"]
 
 
 def test_doctor_off_kaggle_shows_no_kaggle_fact(capsys: pytest.CaptureFixture[str]) -> None:

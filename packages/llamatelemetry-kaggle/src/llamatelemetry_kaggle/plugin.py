@@ -38,4 +38,6 @@ def llamatelemetry_resource_attributes() -> Mapping[str, Any] | None:
     attributes[semconv.KAGGLE_GPU_COUNT] = accelerator.gpu_count
     if accelerator.gpus:
         attributes[semconv.KAGGLE_GPU_NAMES] = list(accelerator.names)
+        attributes[semconv.KAGGLE_GPU_COMPUTE_CAPABILITIES] = [gpu.compute_capability_text or "unknown"
+                                                                for gpu in accelerator.gpus]
     return attributes

@@ -14,6 +14,8 @@ KAGGLE_ACCELERATOR: Final = "llamatelemetry.kaggle.accelerator"
 KAGGLE_GPU_COUNT: Final = "llamatelemetry.kaggle.gpu.count"
 #: The GPUs' product names, in NVML order.
 KAGGLE_GPU_NAMES: Final = "llamatelemetry.kaggle.gpu.names"
+#: The GPUs' CUDA compute capabilities (``7.5``), in NVML order; ``unknown`` where neither NVML nor the name table says.
+KAGGLE_GPU_COMPUTE_CAPABILITIES: Final = "llamatelemetry.kaggle.gpu.compute_capabilities"
 #: The Docker image's build date (``/etc/build_date``): which Kaggle image the kernel runs.
 KAGGLE_IMAGE_BUILD_DATE: Final = "llamatelemetry.kaggle.image.build_date"
 #: The integrations attached to the kernel (``KAGGLE_KERNEL_INTEGRATIONS``, e.g. ``BIGQUERY``).

@@ -363,7 +363,7 @@ def _doctor_report() -> dict[str, Any]:
         "python": f"{platform.python_version()} ({sys.executable})",
         "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
         "cpu": cpu_info(), "libraries": library_versions(),
-        "gpu": gpu_environment() if gpu_module else None, "gpu_module": gpu_module,
+        "gpu": _with_compute_capability(gpu_environment()) if gpu_module else None, "gpu_module": gpu_module,
         "plugins": plugins, "backends": backends, "load_drivers": sorted({s.name for s in pm.load_drivers().values()}),
         "conflicts": pm.conflicts(), "environment": telemetry,
     }
@@ -382,6 +382,19 @@ def _doctor_report() -> dict[str, Any]:
         info.setdefault(check["key"], check["value"])
     info["checks"] = checks
     return info
+
+
+def _with_compute_capability(gpu: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Each listed GPU with its compute capability as CUDA writes it ("7.5"; None where NVML cannot say)."""
+    if not gpu:
+        return gpu
+    from llamatelemetry.gpu import list_devices
+
+    # The bench fingerprint keeps scalar fields only, so the (major, minor) pair is added here as text.
+    capabilities = {device.index: device.compute_capability_text for device in list_devices()}
+    for device in gpu.get("details", []):
+        device["compute_capability"] = capabilities.get(device.get("index"))
+    return gpu
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -407,7 +420,9 @@ def _doctor(args: argparse.Namespace) -> int:
         print("  none found")
     else:
         for device in gpu.get("details", []):
-            print(f"  [{device.get('index')}] {device.get('name')}")
+            capability = device.get("compute_capability")
+            print(f"  [{device.get('index')}] {device.get('name')}"
+                  + (f", compute capability {capability}" if capability else ""))
         print(f"  driver {gpu.get('driver_version')}, CUDA {gpu.get('cuda_version')}")
     print("\nplugins")
     for plugin in info["plugins"]:
