@@ -40,7 +40,7 @@ def test_the_dashboard_imports_as_is(dashboard: dict[str, Any]) -> None:
     assert set(variables) == {"service", "model"}
     for variable in variables.values():
         assert variable["datasource"] == DATASOURCE and variable["includeAll"] and variable["allValue"] == ".*"
-    assert "label_values(target_info, service_name)" == variables["service"]["definition"]
+    assert variables["service"]["definition"] == "label_values(target_info, service_name)"
     assert "gen_ai_request_model" in variables["model"]["definition"]
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
@@ -51,7 +51,7 @@ def test_panels_fill_the_grid_without_overlap(dashboard: dict[str, Any]) -> None
     taken: set[tuple[int, int]] = set()
     for panel in dashboard["panels"]:
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
         cells = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"])
                  for y in range(grid["y"], grid["y"] + grid["h"])}
         assert not cells & taken, f"{panel['title']!r} overlaps another panel"
