@@ -215,3 +215,32 @@ def test_on_an_application_meter_provider(run_python: Any) -> None:
     assert "PrometheusMetricReader" in result.stdout and "use_existing_providers=False" in result.stdout
     assert "ENDPOINT: None" in result.stdout
     assert "LLAMATELEMETRY_PROMETHEUS_PORT asks for a Prometheus endpoint" in result.stderr
+
+
+def test_a_failed_init_releases_the_port(run_python: Any) -> None:
+    """init() failing after the endpoint started (here: an application TracerProvider without processors)."""
+    result = run_python("""
+        import socket
+        from opentelemetry import trace
+        import llamatelemetry
+        from llamatelemetry.errors import ConfigurationError
+
+        class Bare(trace.NoOpTracerProvider):
+            pass  # no add_span_processor
+
+        trace.set_tracer_provider(Bare())
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        try:
+            llamatelemetry.init(prometheus_port=port, prometheus_host="127.0.0.1", otlp_endpoint="http://127.0.0.1:9")
+        except ConfigurationError as exc:
+            print("RAISED:", exc)
+        with socket.socket() as server:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("127.0.0.1", port))
+            print("PORT FREE")
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "RAISED: The application's TracerProvider cannot take span processors" in result.stdout
+    assert "PORT FREE" in result.stdout

@@ -302,6 +302,19 @@ def init(
 
 def _start(settings: TelemetrySettings, pm: Any, queue_size: int, readers: tuple[Any, ...],
            processors: tuple[Any, ...], set_global: bool, retry_policy: RetryPolicy | None) -> Telemetry:
+    started: list[PrometheusEndpoint] = []
+    try:
+        return _start_providers(settings, pm, queue_size, readers, processors, set_global, retry_policy, started)
+    except BaseException:
+        # A later step failed (an application's provider that takes no processors...): free the port too.
+        for endpoint in started:
+            endpoint.close(timeout_s=1.0)
+        raise
+
+
+def _start_providers(settings: TelemetrySettings, pm: Any, queue_size: int, readers: tuple[Any, ...],
+                     processors: tuple[Any, ...], set_global: bool, retry_policy: RetryPolicy | None,
+                     started: list[PrometheusEndpoint]) -> Telemetry:
     from opentelemetry import metrics as metrics_api
     from opentelemetry import trace as trace_api
     from opentelemetry.sdk.metrics import MeterProvider
@@ -331,6 +344,8 @@ def _start(settings: TelemetrySettings, pm: Any, queue_size: int, readers: tuple
     app_mp = _app_meter_provider() if settings.use_existing_providers else None
     # First, so a missing package or a taken port fails init() before any provider exists.
     prometheus = _start_prometheus(settings, app_mp) if settings.prometheus is not None else None
+    if prometheus is not None:
+        started.append(prometheus)
 
     # ---- traces
     app_tp = _app_tracer_provider() if settings.use_existing_providers else None
