@@ -223,3 +223,22 @@ def test_doctor_shows_each_gpus_compute_capability(install_fake: Callable[[FakeN
     assert main(["doctor", "--json"]) == 0
     details = json.loads(capsys.readouterr().out)["gpu"]["details"]
     assert [(d["index"], d["compute_capability"]) for d in details] == [(0, "7.5"), (1, None)]
+
+
+@pytest.mark.gpu
+def test_real_nvml_gives_the_compute_capability_nvidia_smi_reports() -> None:
+    """On a real NVIDIA GPU (skipped elsewhere): NVML's answer, read by the GPU module, is nvidia-smi's compute_cap."""
+    import shutil
+    import subprocess
+
+    binary = shutil.which("nvidia-smi")
+    if binary is None:
+        pytest.skip("nvidia-smi is not on PATH: nothing to compare NVML's answer with")
+    done = subprocess.run([binary, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
+                          text=True, timeout=30)
+    if done.returncode != 0:
+        pytest.skip(f"this nvidia-smi cannot report compute_cap: {done.stdout.strip()} {done.stderr.strip()}")
+    devices = list_devices()
+    assert devices, "the gpu marker promised a GPU"
+    assert [d.compute_capability_text for d in devices] == [line.strip() for line in done.stdout.splitlines()
+                                                            if line.strip()]
