@@ -244,3 +244,19 @@ def test_a_failed_init_releases_the_port(run_python: Any) -> None:
     assert result.returncode == 0, result.stderr
     assert "RAISED: The application's TracerProvider cannot take span processors" in result.stdout
     assert "PORT FREE" in result.stdout
+
+
+def test_flushing_often_without_scrapes_holds_one_collection() -> None:
+    """force_flush() collects for every reader: between scrapes only the newest collection is kept (cumulative)."""
+    telemetry = llamatelemetry.init(prometheus_port=0, prometheus_host=HOST, traces_exporter="none",
+                                    use_existing_providers=False)
+    assert telemetry.prometheus is not None
+    for i in range(50):
+        telemetry.metrics.operation_duration.record(0.01 * (i + 1), ATTRS)
+        telemetry.force_flush()
+    # White-box: the exporter's queue of collections waiting for a scrape (its private deque).
+    assert len(telemetry.prometheus.reader._collector._metrics_datas) == 1  # type: ignore[attr-defined]
+    text = _scrape(telemetry.prometheus.url)
+    (count,) = [line for line in text.splitlines() if line.startswith("gen_ai_client_operation_duration_seconds_count")]
+    assert count.endswith(" 50.0"), "each point counted once, by the newest collection"
+    assert len(telemetry.prometheus.reader._collector._metrics_datas) == 0  # type: ignore[attr-defined]

@@ -65,7 +65,22 @@ def _import_reader() -> Any:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
     except ImportError as exc:
         raise ExtraNotInstalledError("init(prometheus_port=...)", _PACKAGE, "prometheus") from exc
-    return PrometheusMetricReader
+
+    class LatestCollectionReader(PrometheusMetricReader):  # type: ignore[misc]
+        """Keeps only the newest collection until the next scrape.
+
+        The exporter queues every collection for the next scrape, and ``force_flush()`` collects
+        too: an application flushing often with no scrape would grow that queue without bound.
+        Every instrument is cumulative here, so the newest collection holds everything.
+        """
+
+        def _receive_metrics(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> None:
+            pending = getattr(getattr(self, "_collector", None), "_metrics_datas", None)
+            if metrics_data is not None and pending is not None:
+                pending.clear()
+            super()._receive_metrics(metrics_data, timeout_millis, **kwargs)
+
+    return LatestCollectionReader
 
 
 @attrs.define(eq=False)
