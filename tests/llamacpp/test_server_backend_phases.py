@@ -92,7 +92,7 @@ def test_an_engine_request_gets_real_time_phase_children(telemetry: InMemoryTele
     # Never back-dated: each phase span reached the exporters as its phase ended, and the prefill
     # one while the stream was still running (before the decode phase ended).
     (prefill_seen,), (decode_seen,) = clock.ended_at[names.SPAN_PREFILL], clock.ended_at[names.SPAN_DECODE]
-    assert 0 <= prefill_seen - prefill.end_time < 5e7 and 0 <= decode_seen - decode.end_time < 5e7
+    assert 0 <= prefill_seen - prefill.end_time < 2.5e8 and 0 <= decode_seen - decode.end_time < 2.5e8
     assert prefill_seen < decode.end_time
 
     # The server's timings sit beside the phases as attributes: all on the request span, the
