@@ -194,7 +194,7 @@ def _file_type_name(value: int) -> str | None:
     import gguf
 
     try:
-        name = gguf.LlamaFileType(value).name
+        name = str(gguf.LlamaFileType(value).name)
     except ValueError:
         return None
     return name.removeprefix("MOSTLY_").removeprefix("ALL_")

@@ -292,7 +292,7 @@ def _nbytes(shape: tuple[int, ...], qtype: Any) -> int:
     import gguf
 
     block, size = gguf.GGML_QUANT_SIZES[qtype]
-    return math.prod(shape) // block * size
+    return int(math.prod(shape) // block * size)
 
 
 def _write(source: _Source, target: Path, outtype: str, stage: PipelineStage) -> dict[str, Any]:
