@@ -11,7 +11,7 @@ from llamatelemetry.bench.render import TABLE_ROWS, server_figure_lines, server_
 from llamatelemetry.bench.report import BenchmarkReport
 from llamatelemetry.bench.stats import Distribution
 
-__all__ = ["render_html"]
+__all__ = ["render_html", "OVERVIEW_METRICS", "OVERVIEW_PERCENTILES"]
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 _W, _H = 560, 300
@@ -75,20 +75,21 @@ class _Chart:
 
     def polyline(self, points: Sequence[tuple[float, float]], color: str, label: str) -> None:
         path = " ".join(f"{self.x(px):.1f},{self.y(py):.1f}" for px, py in points)
-        self.parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{path}"/>')
+        self.parts.append(f'<polyline class="series" fill="none" stroke="{color}" stroke-width="1.8" '
+                          f'points="{path}"/>')
         self.legend.append((label, color))
 
     def dots(self, points: Sequence[tuple[float, float]], color: str, label: str) -> None:
-        self.parts += [f'<circle cx="{self.x(px):.1f}" cy="{self.y(py):.1f}" r="2.4" fill="{color}" '
+        self.parts += [f'<circle class="series" cx="{self.x(px):.1f}" cy="{self.y(py):.1f}" r="2.4" fill="{color}" '
                        f'fill-opacity="0.7"/>' for px, py in points]
         self.legend.append((label, color))
 
     def bar(self, x0: float, x1: float, value: float, color: str, text: str) -> None:
         top, base = self.y(value), self.y(self.y_low)
-        self.parts.append(f'<rect x="{self.x(x0):.1f}" y="{top:.1f}" width="{self.x(x1) - self.x(x0):.1f}" '
-                          f'height="{max(base - top, 0):.1f}" fill="{color}"/>')
-        self.parts.append(f'<text x="{(self.x(x0) + self.x(x1)) / 2:.1f}" y="{top - 4:.1f}" font-size="10" '
-                          f'text-anchor="middle">{_esc(text)}</text>')
+        self.parts.append(f'<rect class="series" x="{self.x(x0):.1f}" y="{top:.1f}" '
+                          f'width="{self.x(x1) - self.x(x0):.1f}" height="{max(base - top, 0):.1f}" fill="{color}"/>')
+        self.parts.append(f'<text class="bar-value" x="{(self.x(x0) + self.x(x1)) / 2:.1f}" y="{top - 4:.1f}" '
+                          f'font-size="10" text-anchor="middle">{_esc(text)}</text>')
 
     def _x_ticks(self) -> list[tuple[float, str]]:
         if self.log_x:
@@ -98,22 +99,24 @@ class _Chart:
     def svg(self, x_ticks: Sequence[tuple[float, str]] | None = None) -> str:
         out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" viewBox="0 0 {_W} {_H}" '
                f'role="img" aria-label="{_esc(self.title)}">',
-               f'<text x="{_W / 2}" y="16" font-size="13" font-weight="bold" text-anchor="middle">'
-               f'{_esc(self.title)}</text>']
+               f'<text class="chart-title" x="{_W / 2}" y="16" font-size="13" font-weight="bold" '
+               f'text-anchor="middle">{_esc(self.title)}</text>']
         x0, x1, y0, y1 = _LEFT, _W - _RIGHT, _TOP, _H - _BOTTOM
         out.append(f'<rect x="{x0}" y="{y0}" width="{x1 - x0}" height="{y1 - y0}" fill="none" stroke="#999"/>')
         for value, label in (x_ticks if x_ticks is not None else self._x_ticks()):
             px = self.x(value)
             if x0 - 0.5 <= px <= x1 + 0.5:
                 out.append(f'<line x1="{px:.1f}" y1="{y0}" x2="{px:.1f}" y2="{y1}" stroke="#eee"/>')
-                out.append(f'<text x="{px:.1f}" y="{y1 + 14}" font-size="10" text-anchor="middle">{_esc(label)}</text>')
+                out.append(f'<text class="x-tick" x="{px:.1f}" y="{y1 + 14}" font-size="10" '
+                           f'text-anchor="middle">{_esc(label)}</text>')
         for value in _nice_ticks(self.y_low, self.y_high):
             py = self.y(value)
             out.append(f'<line x1="{x0}" y1="{py:.1f}" x2="{x1}" y2="{py:.1f}" stroke="#eee"/>')
-            out.append(f'<text x="{x0 - 4}" y="{py + 3:.1f}" font-size="10" text-anchor="end">{_fmt(value)}</text>')
-        out.append(f'<text x="{(x0 + x1) / 2}" y="{_H - 8}" font-size="11" text-anchor="middle">'
+            out.append(f'<text class="y-tick" x="{x0 - 4}" y="{py + 3:.1f}" font-size="10" '
+                       f'text-anchor="end">{_fmt(value)}</text>')
+        out.append(f'<text class="x-label" x="{(x0 + x1) / 2}" y="{_H - 8}" font-size="11" text-anchor="middle">'
                    f'{_esc(self.x_label)}</text>')
-        out.append(f'<text x="14" y="{(y0 + y1) / 2}" font-size="11" text-anchor="middle" '
+        out.append(f'<text class="y-label" x="14" y="{(y0 + y1) / 2}" font-size="11" text-anchor="middle" '
                    f'transform="rotate(-90 14 {(y0 + y1) / 2})">{_esc(self.y_label)}</text>')
         out += self.parts
         lx = x0 + 8 if self.legend_left else x1 - 150
@@ -123,8 +126,8 @@ class _Chart:
                        'fill="white" fill-opacity="0.85" stroke="#ddd"/>')
         for index, (label, color) in enumerate(self.legend):
             ly = y0 + 12 + index * 14
-            out.append(f'<rect x="{lx}" y="{ly - 8}" width="10" height="10" fill="{color}"/>')
-            out.append(f'<text x="{lx + 14}" y="{ly + 1}" font-size="10">{_esc(label)}</text>')
+            out.append(f'<rect class="legend-swatch" x="{lx}" y="{ly - 8}" width="10" height="10" fill="{color}"/>')
+            out.append(f'<text class="legend-label" x="{lx + 14}" y="{ly + 1}" font-size="10">{_esc(label)}</text>')
         out.append("</svg>")
         return "\n".join(out)
 
@@ -211,8 +214,42 @@ def _summary_table(test: TestResult) -> str:
             f"<table><tr><th>metric</th>{head}</tr>{''.join(rows)}</table>")
 
 
+#: The overview table's latency columns: summary metric, heading, decimals; each shows p50, p90 and p99.
+OVERVIEW_METRICS: tuple[tuple[str, str, int], ...] = (
+    ("ttft_ms", "TTFT (ms)", 1),
+    ("tpot_ms", "time per output token (ms)", 2),
+    ("e2e_ms", "end-to-end latency (ms)", 1),
+)
+OVERVIEW_PERCENTILES: tuple[str, ...] = ("p50", "p90", "p99")
+
+
+def _overview_table(report: BenchmarkReport) -> str:
+    """One row per test: p50/p90/p99 of TTFT, TPOT and latency, throughput and failures, above the charts."""
+    top = "".join(f'<th colspan="{len(OVERVIEW_PERCENTILES)}" scope="colgroup">{_esc(label)}</th>'
+                  for _, label, _ in OVERVIEW_METRICS)
+    sub = "".join(f'<th scope="col">{stat}</th>' for _ in OVERVIEW_METRICS for stat in OVERVIEW_PERCENTILES)
+    rows = []
+    for test in report.tests:
+        s = test.summary
+        cells = []
+        for key, _, decimals in OVERVIEW_METRICS:
+            d = s.metrics.get(key)
+            for stat in OVERVIEW_PERCENTILES:
+                value = None if d is None or d.count == 0 else d.get(stat)
+                cells.append(f"<td>{'-' if value is None else f'{value:,.{decimals}f}'}</td>")
+        tps = "-" if s.output_tokens_per_s is None else f"{s.output_tokens_per_s:,.1f}"
+        rps = "-" if s.requests_per_s is None else f"{s.requests_per_s:,.2f}"
+        rows.append(f'<tr><th scope="row">{_esc(test.name)}</th>{"".join(cells)}<td>{tps}</td><td>{rps}</td>'
+                    f"<td>{s.completed}</td><td>{s.failed}</td></tr>")
+    return (f'<table id="overview"><caption>Summary: percentiles per test (warm-up excluded)</caption>'
+            f'<thead><tr><th rowspan="2" scope="col">test</th>{top}<th rowspan="2" scope="col">output tokens/s</th>'
+            f'<th rowspan="2" scope="col">requests/s</th><th rowspan="2" scope="col">ok</th>'
+            f'<th rowspan="2" scope="col">failed</th></tr><tr>{sub}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
 def render_html(report: BenchmarkReport) -> str:
-    """The report as one HTML page: CDFs of TTFT, gaps, TPOT and latency, throughput bars, a TTFT timeline, tables."""
+    """The report as one HTML page: a p50/p90/p99 summary, CDFs, throughput bars, a TTFT timeline, per-test tables."""
     env = report.environment
     model = (env.get("model") or {}).get("name", "?")
     server = f"; {_esc(server_header(env['server']))}" if env.get("server") else ""
@@ -237,11 +274,16 @@ figure {{ display: inline-block; margin: 8px; border: 1px solid #ddd; }}
 table {{ border-collapse: collapse; font-size: 13px; }}
 th, td {{ padding: 3px 8px; border-bottom: 1px solid #eee; text-align: right; }}
 th:first-child {{ text-align: left; }}
+#overview {{ margin: 8px 8px 16px; }}
+#overview caption {{ text-align: left; font-weight: bold; padding-bottom: 4px; }}
+#overview thead th {{ text-align: center; border-bottom: 1px solid #ccc; }}
+#overview tbody th {{ text-align: left; }}
 </style></head><body>
 <h1>{_esc(report.name)}</h1>
 <p>model <b>{_esc(model)}</b>{server}; {_esc(config.get("n_tokens"))} output tokens per request; prompts
 {_esc(config.get("prompt_set"))}; cache_prompt={_esc(config.get("cache_prompt"))}; seed {_esc(config.get("seed"))};
 created {_esc(report.created_at)}</p>
+{_overview_table(report)}
 {figures}
 {tables}
 </body></html>
