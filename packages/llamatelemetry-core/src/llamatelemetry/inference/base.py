@@ -125,7 +125,8 @@ class LLMBackend(Protocol):
 
     A backend may also define these attributes, which the engine puts on its spans:
     ``provider_name`` (``gen_ai.provider.name``), ``model_name``, ``server_address``,
-    ``server_port``, and ``span_kind`` (``"client"`` for a server over HTTP, else ``"internal"``).
+    ``server_port``, ``span_kind`` (``"client"`` for a server over HTTP, else ``"internal"``), and
+    ``span_attributes`` (a mapping put on every request span, e.g. the served model's GGUF facts).
     Run ``llamatelemetry.testing.BackendConformance`` against an implementation to check it.
 
     Example::
