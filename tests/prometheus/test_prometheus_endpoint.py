@@ -260,3 +260,38 @@ def test_flushing_often_without_scrapes_holds_one_collection() -> None:
     (count,) = [line for line in text.splitlines() if line.startswith("gen_ai_client_operation_duration_seconds_count")]
     assert count.endswith(" 50.0"), "each point counted once, by the newest collection"
     assert len(telemetry.prometheus.reader._collector._metrics_datas) == 0  # type: ignore[attr-defined]
+
+
+def test_the_sdk_standard_variable_asks_for_the_pull_exporter(monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """OTEL_METRICS_EXPORTER=prometheus serves on OTEL_EXPORTER_PROMETHEUS_HOST/PORT, as the OTel SDK would."""
+    defaults = resolve_settings(environ={"OTEL_METRICS_EXPORTER": "prometheus"})
+    assert defaults.metrics.exporter == "none"
+    assert defaults.prometheus is not None and (defaults.prometheus.host, defaults.prometheus.port) == \
+        ("localhost", 9464)
+    assert defaults.prometheus.source == "OTEL_METRICS_EXPORTER=prometheus"
+    by_argument = resolve_settings(metrics_exporter="prometheus", environ={})
+    assert by_argument.prometheus is not None and by_argument.prometheus.port == 9464
+    # llamatelemetry's own setting wins over the SDK's defaults.
+    ours = resolve_settings(prometheus_port=9100, environ={"OTEL_METRICS_EXPORTER": "prometheus"})
+    assert ours.prometheus is not None and ours.prometheus.port == 9100
+    with caplog.at_level(logging.WARNING, logger="llamatelemetry"):
+        bad = resolve_settings(environ={"OTEL_METRICS_EXPORTER": "prometheus",
+                                        "OTEL_EXPORTER_PROMETHEUS_PORT": "ninety"})
+    assert bad.prometheus is not None and bad.prometheus.port == 9464
+    assert "OTEL_EXPORTER_PROMETHEUS_PORT='ninety'" in caplog.text
+
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port = int(sock.getsockname()[1])
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "prometheus")
+    monkeypatch.setenv("OTEL_EXPORTER_PROMETHEUS_HOST", HOST)
+    monkeypatch.setenv("OTEL_EXPORTER_PROMETHEUS_PORT", str(port))
+    telemetry = llamatelemetry.init(service_name="prom-standard", traces_exporter="none",
+                                    use_existing_providers=False)
+    try:
+        assert telemetry.prometheus is not None and telemetry.prometheus.port == port
+        telemetry.metrics.operation_duration.record(0.2, ATTRS)
+        assert "gen_ai_client_operation_duration_seconds_count{" in _scrape(telemetry.prometheus.url)
+    finally:
+        llamatelemetry.shutdown()

@@ -30,7 +30,7 @@ from llamatelemetry.semconv.content import CaptureMode
     ({"otlp_endpoint": "http://c:4317", "protocol": "grpcs"}, "'grpcs'", "grpc or http/protobuf"),
     ({"otlp_endpoint": "http://c:4317", "protocol": "http/json"}, "'http/json'", "grpc or http/protobuf"),
     ({"traces_exporter": "jaeger"}, "init(traces_exporter=...)='jaeger'", "otlp, console, file, none"),
-    ({"metrics_exporter": "prometheus"}, "init(metrics_exporter=...)='prometheus'", "otlp, console, file, none"),
+    ({"metrics_exporter": "zipkin"}, "init(metrics_exporter=...)='zipkin'", "otlp, console, file, none"),
     ({"headers": {"bad name": "x"}}, "'bad name'", "letters, digits"),
     ({"headers": {"x-count": 3}}, "'x-count'", "must be strings"),
     ({"headers": ["authorization=x"]}, "list", "key=value,key2=value2"),

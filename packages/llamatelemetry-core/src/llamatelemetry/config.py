@@ -48,6 +48,10 @@ ENV_SHUTDOWN_TIMEOUT = "LLAMATELEMETRY_SHUTDOWN_TIMEOUT"
 ENV_EXPORT_BUFFER_SIZE = "LLAMATELEMETRY_EXPORT_BUFFER_SIZE"
 ENV_PROMETHEUS_PORT = "LLAMATELEMETRY_PROMETHEUS_PORT"
 ENV_PROMETHEUS_HOST = "LLAMATELEMETRY_PROMETHEUS_HOST"
+# The OTel SDK's own variables for its Prometheus exporter, read when OTEL_METRICS_EXPORTER=prometheus.
+ENV_OTEL_PROMETHEUS_HOST = "OTEL_EXPORTER_PROMETHEUS_HOST"
+ENV_OTEL_PROMETHEUS_PORT = "OTEL_EXPORTER_PROMETHEUS_PORT"
+DEFAULT_OTEL_PROMETHEUS_PORT = 9464
 
 DEFAULT_SHUTDOWN_TIMEOUT_S = 2.0
 #: Spans, and separately metric data points: a 60 s outage at 50 spans/s is 3,000 spans.
@@ -444,6 +448,29 @@ def _prometheus(port: int | None, host: str | None, env: Mapping[str, str]) -> P
     return PrometheusSettings(host=host, port=parsed, source=ENV_PROMETHEUS_PORT)
 
 
+def _otel_prometheus(env: Mapping[str, str], source: str) -> PrometheusSettings:
+    """The scrape endpoint of the OTel SDK's own variables (``localhost:9464`` by default); malformed ones warn."""
+    from llamatelemetry.otel.prometheus import DEFAULT_HOST, valid_host
+
+    host = (env.get(ENV_OTEL_PROMETHEUS_HOST) or "").strip() or DEFAULT_HOST
+    if not valid_host(host):
+        _ignore_env(ENV_OTEL_PROMETHEUS_HOST, repr(host), "not a host name or IP address to listen on",
+                    f"the default, {DEFAULT_HOST}")
+        host = DEFAULT_HOST
+    raw = (env.get(ENV_OTEL_PROMETHEUS_PORT) or "").strip()
+    port = DEFAULT_OTEL_PROMETHEUS_PORT
+    if raw:
+        try:
+            port = int(raw)
+        except ValueError:
+            port = -1
+        if not 0 <= port <= 65535:
+            _ignore_env(ENV_OTEL_PROMETHEUS_PORT, repr(raw), "not a TCP port number from 0 to 65535",
+                        f"the default, {DEFAULT_OTEL_PROMETHEUS_PORT}")
+            port = DEFAULT_OTEL_PROMETHEUS_PORT
+    return PrometheusSettings(host=host, port=port, source=source)
+
+
 def _sampler(name: str | None, arg: str | float | None, env: Mapping[str, str]) -> tuple[str | None, str | None]:
     from llamatelemetry.otel.sampling import SAMPLER_NAMES, check_ratio
 
@@ -553,6 +580,14 @@ def _resolve(
     file = os.fspath(output_file) if output_file is not None else env.get(ENV_OUTPUT_FILE) or None
     common = dict(env=env, endpoint_arg=otlp_endpoint, protocol_arg=protocol, headers_arg=headers, output_file=file)
     traces = _signal("traces", signal_endpoint_arg=traces_endpoint, exporter_arg=traces_exporter, **common)  # type: ignore[arg-type]
+    # OTEL_METRICS_EXPORTER=prometheus (or metrics_exporter="prometheus"), the SDK's standard way to ask
+    # for the pull exporter: no push exporter, and a scrape endpoint as the OTel SDK would serve it.
+    asked = metrics_exporter if metrics_exporter is not None else env.get("OTEL_METRICS_EXPORTER")
+    pull_source: str | None = None
+    if isinstance(asked, str) and asked.strip().lower().split(",")[0] == "prometheus":
+        pull_source = ("init(metrics_exporter='prometheus')" if metrics_exporter is not None
+                       else "OTEL_METRICS_EXPORTER=prometheus")
+        metrics_exporter = "none"
     metrics = _signal("metrics", signal_endpoint_arg=metrics_endpoint, exporter_arg=metrics_exporter, **common)  # type: ignore[arg-type]
 
     if capture_content is not None:
@@ -577,6 +612,8 @@ def _resolve(
                               default=DEFAULT_EXPORT_BUFFER_SIZE, unit="items", minimum=1, integer=True))
     sampler_name, arg = _sampler(sampler, sampler_arg, env)
     prometheus = _prometheus(prometheus_port, prometheus_host, env)
+    if prometheus is None and pull_source is not None:
+        prometheus = _otel_prometheus(env, pull_source)
     if (prometheus is not None and metrics.exporter == "console" and metrics_exporter is None
             and not env.get("OTEL_METRICS_EXPORTER")):
         # Console was only the fallback for "no destination": Prometheus is one, so stderr stays quiet.
