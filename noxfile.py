@@ -121,7 +121,8 @@ def viewers(session: nox.Session) -> None:
     _install_viewers(session, PLAYWRIGHT, "pytest>=8", "pytest-timeout>=2.3")
     args = session.posargs or [VIEWER_TESTS]
     # LLAMATELEMETRY_VIEWER_TESTS=1: a missing Phoenix or Playwright is an error here, not an uncollected module.
-    session.run("pytest", "-p", "no:cacheprovider", *args, env={
+    # -p no:phoenix: arize-phoenix-client's pytest plugin imports all of Phoenix (about 18 s) and is not used.
+    session.run("pytest", "-p", "no:cacheprovider", "-p", "no:phoenix", *args, env={
         "LLAMATELEMETRY_VIEWER_TESTS": "1", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"})
 
 
