@@ -192,6 +192,49 @@ def test_phoenix_reads_the_genai_attributes_and_token_counts(demo: DemoRun) -> N
     assert not {"gen_ai.input.messages", "gen_ai.output.messages", "input.value"} & set(a)
 
 
+def test_phoenix_ui_shows_the_trace_tree_and_tokens_counted_once(demo: DemoRun, chromium_executable: str) -> None:
+    """The printed link in headless Chromium: the trace's row, then its tree, as a person clicks through."""
+    from playwright.sync_api import sync_playwright
+
+    chat = {s["name"]: s for s in _spans(demo, len(EXPECTED))}["chat tiny-llama"]["attributes"]
+    total = chat["gen_ai.usage.input_tokens"] + chat["gen_ai.usage.output_tokens"]
+    printed = next(line for line in demo.lines if line.startswith("Phoenix: open "))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_executable, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(printed.split()[2])
+            # The project's root spans: one trace, its cumulative tokens those of its one LLM call.
+            row = page.get_by_role("row").filter(has_text="llamatelemetry demo").first
+            row.wait_for(timeout=60_000)
+            cells = [c.strip() for c in row.inner_text().split("\n") if c.strip()]
+            assert str(total) in cells, cells
+            page.get_by_text("llamatelemetry demo", exact=True).first.click()
+            page.get_by_text("llama_cpp.decode", exact=True).first.wait_for(timeout=60_000)
+            # The tree: the column under its search box (the table behind and the details pane show names too).
+            search = page.get_by_placeholder("Search trace").bounding_box()
+            assert search is not None
+            boxes = {}
+            for name in ("llamatelemetry demo", "llama.cpp server start", "chat tiny-llama", "llama_cpp.prefill",
+                         "llama_cpp.decode"):
+                found = [box for box in (e.bounding_box() for e in page.get_by_text(name, exact=True).all())
+                         if box is not None and box["y"] > search["y"]
+                         and search["x"] - 40 <= box["x"] <= search["x"] + search["width"]]
+                assert found, name
+                # The topmost: the trace table's own row for the root lies further down, under the tree's panel.
+                boxes[name] = min(found, key=lambda box: box["y"])
+        finally:
+            browser.close()
+    # The tree reads top to bottom in time order, each child indented under its parent.
+    order = sorted(boxes, key=lambda name: boxes[name]["y"])
+    assert order == ["llamatelemetry demo", "llama.cpp server start", "chat tiny-llama", "llama_cpp.prefill",
+                     "llama_cpp.decode"]
+    x = {name: box["x"] for name, box in boxes.items()}
+    assert x["llamatelemetry demo"] + 5 < x["chat tiny-llama"] and x["chat tiny-llama"] + 5 < x["llama_cpp.prefill"]
+    assert x["llama.cpp server start"] == pytest.approx(x["chat tiny-llama"], abs=1)
+    assert x["llama_cpp.decode"] == pytest.approx(x["llama_cpp.prefill"], abs=1)
+
+
 def test_ctrl_c_stops_the_demo_and_phoenix(demo: DemoRun) -> None:
     assert demo.process.poll() is None
     demo.process.send_signal(signal.SIGINT)
