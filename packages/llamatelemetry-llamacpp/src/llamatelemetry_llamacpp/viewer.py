@@ -20,7 +20,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,6 @@ __all__ = [
     "PhoenixServer",
     "phoenix_installed",
     "start_phoenix",
-    "running_phoenix",
     "interrupt_on_signals",
     "wait_for_interrupt",
 ]
@@ -110,10 +108,13 @@ class PhoenixServer:
 
     Example::
 
-        with running_phoenix(tmp_path) as phoenix:
+        phoenix = start_phoenix(tmp_path)
+        try:
             init(otlp_endpoint=phoenix.otlp_grpc_endpoint, resource_attributes={PROJECT_ATTRIBUTE: "demo"})
             ...
-            spans = phoenix.spans("demo")
+            spans = phoenix.wait_for_spans("demo", 3)
+        finally:
+            phoenix.stop()
     """
 
     process: subprocess.Popen[bytes]
@@ -236,16 +237,6 @@ def start_phoenix(working_dir: str | os.PathLike[str], *, host: str = "127.0.0.1
         server.stop()
         raise
     return server
-
-
-@contextlib.contextmanager
-def running_phoenix(working_dir: str | os.PathLike[str], **options: Any) -> Iterator[PhoenixServer]:
-    """``start_phoenix(...)`` for the duration of a ``with`` block; stopped on the way out."""
-    server = start_phoenix(working_dir, **options)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _interrupt(signum: int, frame: object) -> None:
