@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FakeKaggleSecrets, everything_said
+from kaggle_fakes import FakeKaggleSecrets, everything_said
 
 import llamatelemetry
 from llamatelemetry.kaggle import auto_configure
@@ -125,7 +125,7 @@ def test_two_t4s_read_through_the_gpu_module(on_kaggle: None, kaggle_root: Path,
 def test_nvml_answers_the_compute_capability_and_the_name_table_only_fills_in(
         on_kaggle: None, kaggle_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A GPU the table does not know gets NVML's answer; one NVML cannot say about gets the table's."""
-    from conftest import fake_p100
+    from kaggle_fakes import fake_p100
 
     from llamatelemetry.testing.fake_nvml import FakeDevice, FakeReading
     from llamatelemetry_kaggle.accelerator import compute_capability_from_name

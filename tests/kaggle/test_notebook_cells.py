@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import FakeKaggleSecrets
+from kaggle_fakes import FakeKaggleSecrets
 
 import llamatelemetry
 from llamatelemetry.testing.fake_nvml import FakeNVML

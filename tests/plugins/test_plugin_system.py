@@ -214,14 +214,18 @@ def test_register_plugin_and_init_plugins_without_packaging(fake_dists: Any) -> 
             return [BackendSpec(name="inline", factory="good_backend:EchoBackend")]
 
     with fresh_plugin_manager() as pm:
-        register_plugin(Backends())
+        backends = Backends()
+        register_plugin(backends)
         tenant = Tenant()
         with InMemoryTelemetry(plugins=[tenant]) as telemetry, create_engine("inline") as engine:
             result = engine.generate(_request())
             assert telemetry.spans()[0].attributes["app.tenant"] == "acme"
         assert seen == [result.request_id]
-        unregister_plugin(tenant)
+        # init(plugins=...) registered the tenant for that telemetry only: shutdown() unregistered it.
         assert not pm.is_registered(tenant)
+        assert pm.is_registered(backends)
+        unregister_plugin(backends)
+        assert not pm.is_registered(backends)
 
 
 def test_register_refuses_a_second_plugin_under_the_same_name() -> None:

@@ -302,3 +302,24 @@ def test_cached_instruments_are_made_once_per_meter() -> None:
         again.add(3)
         assert [p.value for p in second.metric_points("test.cached")] == [3]
     assert len(made) == 2
+
+
+def test_plugins_given_to_init_are_unregistered_at_shutdown(tmp_path: Path) -> None:
+    """A later init() without them must not keep running their hooks (they belong to that telemetry)."""
+    from llamatelemetry.plugins import get_plugin_manager
+
+    class Marker:
+        calls = 0
+
+        @hookimpl
+        def llamatelemetry_telemetry_start(self, settings: Any, tracer_provider: Any, meter_provider: Any) -> None:
+            Marker.calls += 1
+
+    marker = Marker()
+    llamatelemetry.init(service_name="with-plugin", output_file=tmp_path / "a.jsonl", plugins=[marker])
+    assert get_plugin_manager().is_registered(marker) and Marker.calls == 1
+    llamatelemetry.shutdown()
+    assert not get_plugin_manager().is_registered(marker)
+    llamatelemetry.init(service_name="without", output_file=tmp_path / "b.jsonl")
+    llamatelemetry.shutdown()
+    assert Marker.calls == 1

@@ -57,6 +57,9 @@ class Telemetry:
     metric_retry: RetryingMetricExporter | None = None
     #: The ``/metrics`` endpoint of ``init(prometheus_port=...)`` (``.url``, ``.port``), else ``None``.
     prometheus: PrometheusEndpoint | None = None
+    #: The plugins ``init(plugins=...)`` registered; ``shutdown()`` unregisters them, so a later
+    #: ``init()`` without them does not keep running their hooks.
+    init_plugins: list[object] = attrs.field(factory=list)
     _deadline: float | None = attrs.field(default=None, init=False)
 
     @property
@@ -109,6 +112,12 @@ class Telemetry:
             if retry is not None:  # already closed by its provider, unless the provider gave up early
                 retry.buffer.close(deadline)
         self._report()
+        for plugin in self.init_plugins:
+            try:
+                if get_plugin_manager().is_registered(plugin):
+                    get_plugin_manager().unregister(plugin)
+            except Exception:
+                log.warning("llamatelemetry could not unregister plugin %r at shutdown", plugin, exc_info=True)
         global _current
         with _lock:
             if _current is self:
@@ -275,15 +284,24 @@ def init(
     pm = get_plugin_manager()
     pm.ensure_loaded()
     with _lock:
+        added = []
         for plugin in plugins:
             if not pm.is_registered(plugin):
                 pm.register(plugin)
+                added.append(plugin)
         if _current is not None:
             log.warning("llamatelemetry.init() called again while initialized; keeping the existing "
                         "telemetry (call llamatelemetry.shutdown() first to change its settings)")
+            _current.init_plugins.extend(added)
             return _current
-        telemetry = _start(settings, pm, span_queue_size, tuple(metric_readers), tuple(span_processors),
-                           set_global_providers, export_retry)
+        try:
+            telemetry = _start(settings, pm, span_queue_size, tuple(metric_readers), tuple(span_processors),
+                               set_global_providers, export_retry)
+        except BaseException:
+            for plugin in added:
+                pm.unregister(plugin)
+            raise
+        telemetry.init_plugins.extend(added)
         _current = telemetry
         if not _atexit_registered:
             atexit.register(_shutdown_at_exit)

@@ -27,12 +27,7 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from llamatelemetry.errors import ConfigurationError
-from llamatelemetry.semconv.llamatelemetry import (
-    EXPORT_DROP_REASON_BUFFER_FULL,
-    EXPORT_DROP_REASON_QUEUE_FULL,
-    EXPORT_DROP_REASON_RETRY_EXPIRED,
-    EXPORT_DROPPED,
-)
+from llamatelemetry.semconv.llamatelemetry import EXPORT_DROPPED
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricsData
@@ -50,10 +45,10 @@ __all__ = [
 
 log = logging.getLogger("llamatelemetry.export")
 
-# The names live with the other llamatelemetry.* names (semconv), re-exported here for the export path.
-REASON_QUEUE_FULL: Final = EXPORT_DROP_REASON_QUEUE_FULL
-REASON_BUFFER_FULL: Final = EXPORT_DROP_REASON_BUFFER_FULL
-REASON_RETRY_EXPIRED: Final = EXPORT_DROP_REASON_RETRY_EXPIRED
+#: Values of the ``reason`` attribute of ``llamatelemetry.export.dropped`` (the name lives in semconv).
+REASON_QUEUE_FULL: Final = "queue_full"
+REASON_BUFFER_FULL: Final = "buffer_full"
+REASON_RETRY_EXPIRED: Final = "retry_expired"
 
 _T = TypeVar("_T")
 

@@ -82,7 +82,3 @@ BENCH_TOKENS_PER_CHUNK_MAX: Final = "llamatelemetry.bench.tokens_per_chunk.max"
 # ---- the export path (metrics about telemetry delivery itself)
 #: Items (spans, metric data points) the export path dropped; attributes ``signal`` and ``reason``.
 EXPORT_DROPPED: Final = "llamatelemetry.export.dropped"
-#: Values of the ``reason`` attribute of ``llamatelemetry.export.dropped``.
-EXPORT_DROP_REASON_QUEUE_FULL: Final = "queue_full"
-EXPORT_DROP_REASON_BUFFER_FULL: Final = "buffer_full"
-EXPORT_DROP_REASON_RETRY_EXPIRED: Final = "retry_expired"
