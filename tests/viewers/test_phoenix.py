@@ -62,12 +62,16 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
     with closing(socket.socket()) as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
+    with closing(socket.socket()) as sock:  # not 4317: a developer's own collector may hold it
+        sock.bind(("127.0.0.1", 0))
+        grpc_port = int(sock.getsockname()[1])
     jsonl = folder / "demo.jsonl"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "llamatelemetry", "demo", "--tiny", "--max-tokens", str(MAX_TOKENS), "--viewer",
-         "--viewer-port", str(port), "--output", str(jsonl)],
+         "--viewer-port", str(port),
+         "--viewer-grpc-port", str(grpc_port), "--output", str(jsonl)],
         cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
     lines: queue.Queue[str | None] = queue.Queue()

@@ -43,6 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
                         help="start Arize Phoenix (pip install arize-phoenix), send the trace there, print its URL "
                              "and keep it running until Ctrl-C")
     parser.add_argument("--viewer-port", type=int, help="Phoenix's UI port with --viewer (default 6006 if free)")
+    parser.add_argument("--viewer-grpc-port", type=int,
+                        help="Phoenix's OTLP/gRPC port with --viewer (default 4317 if free)")
     parser.set_defaults(handler=run)
 
 
@@ -103,7 +105,7 @@ def _start_viewer(args: argparse.Namespace, workdir: Path) -> Any:
     print("starting Arize Phoenix (about 20 s)...", flush=True)
     interrupt_on_signals()
     try:
-        phoenix = start_phoenix(workdir / "phoenix", http_port=args.viewer_port)
+        phoenix = start_phoenix(workdir / "phoenix", http_port=args.viewer_port, grpc_port=args.viewer_grpc_port)
     except (PhoenixNotInstalledError, PhoenixStartError) as exc:
         raise SystemExit(f"llamatelemetry demo --viewer: {exc}") from exc
     import atexit

@@ -9,6 +9,7 @@ in the Phoenix project named by the resource attribute ``openinference.project.n
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import json
 import os
@@ -73,12 +74,20 @@ def phoenix_installed() -> bool:
 
 
 def _port_free(host: str, port: int) -> bool:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
+    # Phoenix's gRPC receiver binds [::] whatever its host is: a port counts as free only when nothing
+    # holds it on the host, on any IPv4 address, or (where the machine has IPv6) on any IPv6 address.
+    probes = [(socket.AF_INET, host), (socket.AF_INET, "0.0.0.0")]
+    if socket.has_ipv6:
+        probes.append((socket.AF_INET6, "::"))
+    for family, address in probes:
+        with contextlib.closing(socket.socket(family, socket.SOCK_STREAM)) as sock:
+            try:
+                sock.bind((address, port))
+            except OSError as exc:
+                if family == socket.AF_INET6 and exc.errno == errno.EADDRNOTAVAIL:
+                    continue  # IPv6 compiled in but not configured: nothing can hold the port there
+                return False
+    return True
 
 
 def _pick_port(host: str, wanted: int | None, preferred: int, taken: set[int]) -> int:
