@@ -164,3 +164,21 @@ def test_init_starts_despite_malformed_variables(monkeypatch: pytest.MonkeyPatch
     with caplog.at_level(logging.WARNING, logger="llamatelemetry"):
         assert isinstance(configure_sampler(), sampling.ParentBased)
     assert "OTEL_TRACES_SAMPLER='sometimes'" in caplog.text
+
+
+@pytest.mark.parametrize(("kwargs", "named", "form"), [
+    ({"endpoint": "not a url at all"}, "'not a url at all'", "http://localhost:4317"),
+    ({"endpoint": "grpc://collector:4317"}, "scheme 'grpc'", "http:// or https://"),
+    ({"endpoint": "collector:4318/v1/traces", "protocol": "http/protobuf"}, "'collector:4318/v1/traces'",
+     "http://"),
+    ({"endpoint": "http://c:4317", "headers": {"bad name": "x"}}, "'bad name'", "letters, digits"),
+    ({"endpoint": "http://c:4317", "timeout_s": -1}, "timeout_s=-1", "positive number of seconds"),
+    ({"endpoint": "http://c:4317", "protocol": "thrift"}, "'thrift'", "'grpc' or 'http/protobuf'"),
+])
+def test_build_otlp_exporter_checks_its_arguments_like_init(kwargs: dict[str, Any], named: str, form: str) -> None:
+    """The public exporter factory (api reference) rejects what init() rejects, before building anything."""
+    from llamatelemetry.otel.exporters import build_otlp_exporter
+
+    with pytest.raises(ConfigurationError) as caught:
+        build_otlp_exporter(**kwargs)
+    assert named in str(caught.value) and form in str(caught.value), str(caught.value)

@@ -28,8 +28,8 @@ import attrs
 from llamatelemetry.errors import ConfigurationError
 from llamatelemetry.semconv.content import ENV_CAPTURE_CONTENT, CaptureMode, parse_capture_mode
 
-__all__ = ["TelemetrySettings", "PrometheusSettings", "resolve_settings", "parse_headers", "SEMCONV_COMPAT_OPTIONS",
-           "Protocol", "Exporter"]
+__all__ = ["TelemetrySettings", "PrometheusSettings", "resolve_settings", "parse_headers", "check_endpoint",
+           "check_headers", "SEMCONV_COMPAT_OPTIONS", "Protocol", "Exporter"]
 
 Protocol = Literal["grpc", "http/protobuf"]
 Exporter = Literal["otlp", "console", "file", "none"]
@@ -289,6 +289,16 @@ def _protocol(value: str | None, source: str) -> Protocol | None:
     if value not in PROTOCOLS:
         raise ConfigurationError(f"{source}={value!r} is not an OTLP protocol: use grpc or http/protobuf.")
     return value  # type: ignore[return-value]
+
+
+def check_endpoint(endpoint: str, source: str) -> str:
+    """The endpoint URL, stripped; ``ConfigurationError`` naming ``source`` and the value when it is malformed."""
+    return _check_endpoint(endpoint, source)
+
+
+def check_headers(value: Mapping[str, str] | str, source: str) -> dict[str, str]:
+    """Headers from a dict or a ``key=value,...`` string; ``ConfigurationError`` (no value shown) if malformed."""
+    return _headers_arg(value, source)
 
 
 def _env_endpoint(env: Mapping[str, str], name: str) -> str | None:

@@ -38,14 +38,27 @@ def build_otlp_exporter(
     certificates not given here come from those variables too. ``retry=False`` makes one attempt
     per export (for a wrapper that owns the retry policy, such as ``RetryingSpanExporter``).
     """
+    from llamatelemetry.config import check_endpoint, check_headers
+
     if signal not in ("traces", "metrics"):
         raise ConfigurationError(f"signal={signal!r} is not supported: use 'traces' or 'metrics'.")
+    if protocol not in ("grpc", "http/protobuf"):
+        raise ConfigurationError(f"protocol={protocol!r} is not an OTLP protocol: use 'grpc' or 'http/protobuf'.")
+    # The same checks as init(), so a typo fails here instead of in the exporter's thread at the first send.
     kwargs: dict[str, Any] = {}
     if endpoint is not None:
+        endpoint = check_endpoint(endpoint, "build_otlp_exporter(endpoint=...)")
+        if protocol == "http/protobuf" and "://" not in endpoint:
+            raise ConfigurationError(
+                f"build_otlp_exporter(endpoint=...)={endpoint!r} has no scheme: OTLP/HTTP needs the full URL, "
+                f"such as http://{endpoint}.")
         kwargs["endpoint"] = endpoint
     if headers:
-        kwargs["headers"] = dict(headers)
+        kwargs["headers"] = check_headers(headers, "build_otlp_exporter(headers=...)")
     if timeout_s is not None:
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < math.inf:
+            raise ConfigurationError(
+                f"build_otlp_exporter(timeout_s={timeout_s!r}) is invalid: give a positive number of seconds or None.")
         kwargs["timeout"] = timeout_s
     if protocol == "grpc":
         if endpoint is not None and endpoint.startswith("http://"):
@@ -62,20 +75,18 @@ def build_otlp_exporter(
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetric
 
         return GrpcMetric(**kwargs)
-    if protocol == "http/protobuf":
-        exporter: Any
-        if signal == "traces":
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpan
+    exporter: Any
+    if signal == "traces":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpan
 
-            exporter = HttpSpan(**kwargs)
-        else:
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetric
+        exporter = HttpSpan(**kwargs)
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetric
 
-            exporter = HttpMetric(**kwargs)
-        if not retry:
-            _single_attempt_http(exporter)
-        return exporter
-    raise ConfigurationError(f"protocol={protocol!r} is not an OTLP protocol: use 'grpc' or 'http/protobuf'.")
+        exporter = HttpMetric(**kwargs)
+    if not retry:
+        _single_attempt_http(exporter)
+    return exporter
 
 
 def _single_attempt_http(exporter: Any) -> None:
