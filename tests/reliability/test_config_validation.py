@@ -182,3 +182,19 @@ def test_build_otlp_exporter_checks_its_arguments_like_init(kwargs: dict[str, An
     with pytest.raises(ConfigurationError) as caught:
         build_otlp_exporter(**kwargs)
     assert named in str(caught.value) and form in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize(("kwargs", "named", "form"), [
+    ({"service_name": 5}, "service_name=5", "non-empty string"),
+    ({"service_name": "  "}, "service_name='  '", "non-empty string"),
+    ({"service_version": 1.2}, "service_version=1.2", "non-empty string"),
+    ({"output_file": 123}, "output_file=123", "file path"),
+    ({"otlp_endpoint": "http://c:4317", "protocol": ""}, "protocol=...)=''", "grpc or http/protobuf"),
+    ({"resource_attributes": ["team=llm"]}, "resource_attributes=['team=llm']", "dict"),
+])
+def test_other_bad_init_arguments_raise_configuration_error(kwargs: dict[str, Any], named: str, form: str) -> None:
+    """A wrong type or an empty value is a ConfigurationError naming it, not a TypeError deep inside or silence."""
+    with pytest.raises(ConfigurationError) as caught:
+        llamatelemetry.init(**kwargs)
+    assert named in str(caught.value) and form in str(caught.value), str(caught.value)
+    assert llamatelemetry.current() is None

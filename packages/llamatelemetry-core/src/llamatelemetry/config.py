@@ -282,6 +282,9 @@ def _protocol(value: str | None, source: str) -> Protocol | None:
     if not isinstance(value, str):
         raise ConfigurationError(f"{source}={value!r} is not an OTLP protocol: use 'grpc' or 'http/protobuf'.")
     if not value.strip():
+        if source.startswith("init("):  # an empty variable is unset (as in the SDK); an empty argument is a mistake
+            raise ConfigurationError(f"{source}={value!r} is not an OTLP protocol: use grpc or http/protobuf "
+                                     "(or leave it out).")
         return None
     value = value.strip().lower()
     if value == "http/json":
@@ -587,6 +590,14 @@ def _resolve(
     prometheus_port: int | None,
     prometheus_host: str | None,
 ) -> TelemetrySettings:
+    for arg, given in (("service_name", service_name), ("service_version", service_version)):
+        if given is not None and (not isinstance(given, str) or not given.strip()):
+            raise ConfigurationError(f"init({arg}={given!r}) is invalid: give a non-empty string (or leave it out).")
+    if output_file is not None and not isinstance(output_file, (str, os.PathLike)):
+        raise ConfigurationError(f"init(output_file={output_file!r}) is invalid: give a file path (str or Path).")
+    if resource_attributes is not None and not isinstance(resource_attributes, Mapping):
+        raise ConfigurationError(f"init(resource_attributes={resource_attributes!r}) is invalid: give a dict such "
+                                 "as {'deployment.environment': 'prod'}.")
     file = os.fspath(output_file) if output_file is not None else env.get(ENV_OUTPUT_FILE) or None
     common = dict(env=env, endpoint_arg=otlp_endpoint, protocol_arg=protocol, headers_arg=headers, output_file=file)
     traces = _signal("traces", signal_endpoint_arg=traces_endpoint, exporter_arg=traces_exporter, **common)  # type: ignore[arg-type]
