@@ -590,9 +590,9 @@ def _resolve(
     prometheus_port: int | None,
     prometheus_host: str | None,
 ) -> TelemetrySettings:
-    for arg, given in (("service_name", service_name), ("service_version", service_version)):
+    for option, given in (("service_name", service_name), ("service_version", service_version)):
         if given is not None and (not isinstance(given, str) or not given.strip()):
-            raise ConfigurationError(f"init({arg}={given!r}) is invalid: give a non-empty string (or leave it out).")
+            raise ConfigurationError(f"init({option}={given!r}) is invalid: give a non-empty string (or leave it out).")
     if output_file is not None and not isinstance(output_file, (str, os.PathLike)):
         raise ConfigurationError(f"init(output_file={output_file!r}) is invalid: give a file path (str or Path).")
     if resource_attributes is not None and not isinstance(resource_attributes, Mapping):
