@@ -126,3 +126,24 @@ def test_a_failing_converter_is_an_error_span_with_its_output(llama_cpp_checkout
     assert str(span.status.status_code) == "StatusCode.ERROR"
     assert (span.attributes or {})["llamatelemetry.gguf.converter.exit_code"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["arcee"], "nothing half-written"
+
+
+def test_an_architecture_neither_path_knows_is_named_with_the_converters_words(llama_cpp_checkout: Path,
+                                                                               tmp_path: Path) -> None:
+    import json
+
+    tokenizer = spm_style_tokenizer()
+    folder = save(tmp_path / "mystery", tiny_arcee(tokenizer), tokenizer)
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = ["MysteryNetForCausalLM"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with InMemoryTelemetry() as telemetry, pytest.raises(UnsupportedArchitectureError) as raised:
+        convert_to_gguf(folder, tmp_path / "mystery.gguf", converter=llama_cpp_checkout)
+    message = str(raised.value)
+    assert raised.value.architecture == "MysteryNetForCausalLM" and "recent enough" in message
+    # What llama.cpp's converter said is in the error, not only on a stream nobody saw.
+    assert "Model MysteryNetForCausalLM is not supported" in message
+    assert "Model MysteryNetForCausalLM is not supported" in (raised.value.converter_output or "")
+    span = telemetry.span("llamatelemetry.pipeline.export_gguf")
+    assert str(span.status.status_code) == "StatusCode.ERROR"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mystery"], "nothing half-written"

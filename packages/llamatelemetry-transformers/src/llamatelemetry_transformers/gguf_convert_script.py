@@ -76,7 +76,8 @@ def run_converter(script: Path, model_dir: Path, output: Path, outtype: str, sta
             architecture = _architecture_of(model_dir)
             from llamatelemetry_transformers.gguf_export import KNOWN_ARCHITECTURES
 
-            raise UnsupportedArchitectureError(architecture, KNOWN_ARCHITECTURES, converter_tried=True)
+            raise UnsupportedArchitectureError(architecture, KNOWN_ARCHITECTURES, converter_tried=True,
+                                               converter_output=tail)
         raise GGUFExportError(f"llama.cpp's {SCRIPT_NAME} ({script}) failed with exit status {completed.returncode} "
                               f"converting {model_dir}:\n{tail}")
     if not output.is_file():

@@ -35,16 +35,20 @@ class GGUFExportError(LlamaTelemetryError, RuntimeError):
 class UnsupportedArchitectureError(GGUFExportError, ValueError):
     """The model's architecture is one neither llamatelemetry's GGUF writer nor the configured converter handles."""
 
-    def __init__(self, architecture: str, known: tuple[str, ...], converter_tried: bool = False) -> None:
+    def __init__(self, architecture: str, known: tuple[str, ...], converter_tried: bool = False,
+                 converter_output: str | None = None) -> None:
         self.architecture = architecture
         self.known = known
-        what = ("llama.cpp's convert_hf_to_gguf.py did not convert it either (its output is above); check that "
+        self.converter_output = converter_output
+        said = (f"\nThe converter's output ends:\n{converter_output.strip()}"
+                if converter_output and converter_output.strip() else "")
+        what = ("llama.cpp's convert_hf_to_gguf.py did not convert it either; check that "
                 "the llama.cpp checkout is recent enough to know this architecture" if converter_tried else
                 "point llamatelemetry at llama.cpp's own converter, which knows many more: pass "
                 "converter='/path/to/llama.cpp' (a checkout, or its convert_hf_to_gguf.py) or set "
                 "LLAMATELEMETRY_GGUF_CONVERTER to that path")
         super().__init__(f"GGUF export does not know the architecture {architecture!r} (llamatelemetry's writer "
-                         f"handles {', '.join(known)}): {what}.")
+                         f"handles {', '.join(known)}): {what}.{said}")
 
 
 class UnsupportedTokenizerError(GGUFExportError, ValueError):
