@@ -186,3 +186,109 @@ def test_one_rank_spans_from_the_environment_no_bus_bandwidth_and_counted_drops(
         assert attributes["llamatelemetry.collective.group.size"] == 1
         assert attributes["llamatelemetry.collective.bytes"] == 16
         assert "llamatelemetry.collective.busbw" not in attributes  # no bus factor for one rank
+
+
+class FakeNCCLProcessGroup:
+    """A FAKE of ProcessGroupNCCL's Python surface (no GPU or NCCL here): the timing switch, the completion hook
+    (one per group, refused before timing is on, as ProcessGroupNCCL does) and the collective sequence number."""
+
+    group_name = "fake-nccl"
+    group_desc = "fake ProcessGroupNCCL"
+
+    def __init__(self, issued: int) -> None:
+        self.issued = issued
+        self.calls: list[str] = []
+        self.hook: Any = None
+
+    def name(self) -> str:
+        return "nccl"
+
+    def size(self) -> int:
+        return 1
+
+    def rank(self) -> int:
+        return 0
+
+    def _get_sequence_number_for_group(self) -> int:
+        return self.issued
+
+    def _enable_collectives_timing(self) -> None:
+        self.calls.append("timing")
+
+    def _register_on_completion_hook(self, hook: Any) -> None:
+        if self.hook is not None:
+            raise RuntimeError("ProcessGroupNCCL OnCompletion hook already registered")
+        if "timing" not in self.calls:
+            raise ValueError("ProcessGroupNCCL OnCompletion hook requires recording start and end events")
+        self.calls.append("hook")
+        self.hook = hook
+
+
+class FakeNCCLWork:
+    """A FAKE WorkNCCL: only its op type."""
+
+    def __init__(self, op_type: str) -> None:
+        self.op_type = op_type
+
+    def _get_op_type(self) -> str:
+        return self.op_type
+
+
+def _fake_info(op_type: str, ms: float) -> Any:
+    import datetime
+    from types import SimpleNamespace
+
+    # The fields of torch.distributed's WorkInfo that the processor reads.
+    return SimpleNamespace(op_type=op_type, seq=0, active_duration=datetime.timedelta(milliseconds=ms),
+                           time_started=datetime.datetime.now(), time_finished=datetime.datetime.now())
+
+
+def test_the_nccl_completion_hook_goes_only_where_no_op_ran_without_timing_and_matches_by_op_type(
+        one_rank_group: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Work made before timing was on makes ProcessGroupNCCL's hook thread abort the group's communicators."""
+    import time
+
+    import torch
+
+    from llamatelemetry.testing import InMemoryTelemetry
+
+    monkeypatch.delenv("TORCH_NCCL_ENABLE_TIMING", raising=False)
+    fresh, used, late = FakeNCCLProcessGroup(0), FakeNCCLProcessGroup(5), FakeNCCLProcessGroup(0)
+    with InMemoryTelemetry() as telemetry:
+        instrumentor = TorchDistributedInstrumentor(spans="all", arrival_every=0)
+        assert instrumentor.instrument()
+        processor, run = instrumentor.processor, instrumentor._run
+        assert processor is not None and run is not None
+        processor.prepare_groups([fresh, used])
+        assert fresh.calls == ["timing", "hook"] and processor.mode_of(fresh) == "hook"
+        assert used.calls == [] and processor.mode_of(used) == "poll", "ops ran on it before: never hooked"
+        assert processor.mode_of(late) == "poll" and late.calls == [], "first seen after its first op launched"
+        monkeypatch.setenv("TORCH_NCCL_ENABLE_TIMING", "1")
+        timed = FakeNCCLProcessGroup(7)
+        assert processor.mode_of(timed) == "hook", "every Work has CUDA events when the variable was set"
+
+        run.launched(FakeNCCLWork("ALLREDUCE"), fresh, "all_reduce", torch.ones(4), None, time.time_ns(), False)
+        # An op we never recorded (a functional collective, a polled send) completes first: it must not take
+        # the all_reduce's place, nor hold back the infos behind it.
+        fresh.hook(_fake_info("SEND", 7.0))
+        fresh.hook(_fake_info("ALLREDUCE", 3.0))
+        assert instrumentor.flush(5.0)
+        time.sleep(0.1)  # a few ticks: the unmatched info is dropped
+        assert len(processor._hook_infos) == 0
+        instrumentor.uninstrument()
+        [span] = [s for s in telemetry.spans() if s.name == "all_reduce"]
+        attributes = span.attributes or {}
+        assert attributes["llamatelemetry.collective.duration"] == pytest.approx(0.003)
+        assert attributes["llamatelemetry.collective.duration.source"] == "gpu"
+
+    # After uninstrument the hook (NCCL cannot remove it) keeps nothing; a new instrumentor reuses it.
+    fresh.hook(_fake_info("ALLREDUCE", 1.0))
+    assert len(processor._hook_infos) == 0
+    again = TorchDistributedInstrumentor(spans="off", arrival_every=0)
+    assert again.instrument()
+    try:
+        assert again.processor is not None
+        again.processor.prepare_groups([fresh])
+        assert again.processor.mode_of(fresh) == "hook" and fresh.calls == ["timing", "hook"]
+    finally:
+        again.uninstrument()

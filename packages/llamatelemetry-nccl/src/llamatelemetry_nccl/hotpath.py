@@ -66,8 +66,8 @@ class PendingOp:
     """One launched collective, made by the processor from the hot path's raw record; filled in until it ends."""
 
     __slots__ = ("arrival", "async_op", "aux", "context", "count", "dtype", "error", "esize", "finalized", "gpu_s",
-                 "in_block", "mode", "op", "pg", "raw", "seq", "site", "span", "stalled", "step", "t0", "t_done",
-                 "thread", "work")
+                 "in_block", "mode", "op", "op_type", "pg", "raw", "seq", "site", "span", "stalled", "step", "t0",
+                 "t_done", "thread", "work")
 
     def __init__(self, raw: list[Any]) -> None:
         self.raw = raw
@@ -96,6 +96,8 @@ class PendingOp:
         self.in_block = False
         self.arrival: Any = None
         self.finalized = False
+        #: The Work's c10d OpType (NCCL groups timed by the completion hook: infos are matched on it).
+        self.op_type: Any = None
 
     @property
     def t_wait(self) -> int:

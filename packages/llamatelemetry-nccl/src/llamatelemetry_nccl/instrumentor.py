@@ -188,6 +188,8 @@ class TorchDistributedInstrumentor:
         self._processor = Processor(run, self.config if side is not None else _without_exchange(self.config), dist,
                                     self._rank, _tracer, _instruments, exchange, store,
                                     f"{PROGRESS_PREFIX}/{self._instance}")
+        # NCCL groups get their completion hook now, before a traced op can make a Work without CUDA events.
+        self._processor.prepare_groups(_groups(dist))
         self._processor.start()
         group_class = dist.ProcessGroup
         for name, (op, arg_index, aux_index, p2p) in METHODS.items():
@@ -341,6 +343,13 @@ def _default_store(dist: Any) -> Any:
         return dist.distributed_c10d._get_default_store()
     except Exception:
         return None
+
+
+def _groups(dist: Any) -> list[Any]:
+    try:
+        return list(dist.distributed_c10d._world.pg_map)
+    except Exception:
+        return [dist.distributed_c10d._get_default_group()]
 
 
 def _c10d_files(dist: Any) -> tuple[str, ...]:

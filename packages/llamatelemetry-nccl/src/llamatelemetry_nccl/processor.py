@@ -10,6 +10,7 @@ never arrived).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sys
 import threading
@@ -39,6 +40,33 @@ from llamatelemetry_nccl.hotpath import (
 from llamatelemetry_nccl.stragglers import Arrival, ArrivalExchange
 
 log = logging.getLogger("llamatelemetry.nccl")
+
+#: Set before a group is made, ProcessGroupNCCL records CUDA events for every Work from the start.
+ENV_NCCL_TIMING = "TORCH_NCCL_ENABLE_TIMING"
+#: Ticks an NCCL completion info waits for its record before it is taken for an op we never launched.
+HOOK_INFO_PATIENCE = 3
+
+# ProcessGroupNCCL takes one completion hook per group for the life of the process (no unregistering):
+# ours forwards to the processor that now traces the group, or drops the info when none does.
+_hook_sinks: dict[Any, Callable[[Any, Any], None] | None] = {}
+
+
+def _route(pg: Any, info: Any) -> None:
+    sink = _hook_sinks.get(pg)
+    if sink is not None:
+        sink(pg, info)
+
+
+def _timing_from_env() -> bool:
+    return os.environ.get(ENV_NCCL_TIMING, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _op_type(work: Any) -> Any:
+    try:
+        return work._get_op_type()
+    except Exception:
+        return None
+
 
 #: Seconds buckets for durations, skews and waits: 10 µs doubling to ~84 s.
 DURATION_BUCKETS = [1e-5 * 2**i for i in range(24)]
@@ -158,7 +186,8 @@ class Processor(threading.Thread):
         self._progress: dict[Any, int] = {}
         self._published: dict[Any, int] = {}
         self._last_publish = 0.0
-        self._hook_infos: deque[tuple[Any, Any]] = deque()
+        self._hook_infos: deque[list[Any]] = deque()  # [pg, info, ticks waited]
+        self._hooked: list[Any] = []
         self._force_open = False
         self._errors_logged: set[str] = set()
         self._exchange = exchange_factory(self._deliver) if config.arrival_every > 0 else None
@@ -181,6 +210,10 @@ class Processor(threading.Thread):
         if self._exchange is not None:
             self._exchange.stop()
             self._exchange.join(0.5)
+        for pg in self._hooked:
+            if _hook_sinks.get(pg) == self.on_nccl_completion:
+                _hook_sinks[pg] = None
+        self._hook_infos.clear()
         for record in self._pending:
             if record.span is not None:
                 record.span.set_attribute(names.ERROR_TYPE, "stalled")
@@ -207,8 +240,9 @@ class Processor(threading.Thread):
             self._force_open = False
 
     def on_nccl_completion(self, pg: Any, info: Any) -> None:
-        """ProcessGroupNCCL's completion hook (its watchdog thread): queue the work info."""
-        self._hook_infos.append((pg, info))
+        """ProcessGroupNCCL's completion hook (its hook thread): queue the work info."""
+        if not self._halt.is_set():
+            self._hook_infos.append([pg, info, 0])
 
     def run(self) -> None:
         run = self._run
@@ -303,29 +337,61 @@ class Processor(threading.Thread):
                 mode = MODE_POLL
         record.mode = mode
         if mode == MODE_HOOK:  # wait() on NCCL returns before the GPU is done: the hook alone times it
+            record.op_type = _op_type(record.work)
             self._run.waiting.pop(record.work, None)
             record.work = None
         return record
 
+    @staticmethod
+    def _backend_name(pg: Any) -> str:
+        try:
+            return str(pg.name()).lower()
+        except Exception:
+            return ""
+
+    def prepare_groups(self, groups: list[Any]) -> None:
+        """Hook the NCCL groups that exist now, before any traced op (call before patching)."""
+        for pg in groups:
+            if pg in self._modes or self._backend_name(pg) != "nccl":
+                continue
+            try:
+                fresh = int(pg._get_sequence_number_for_group()) == 0
+            except Exception:
+                fresh = False
+            # A Work made before timing was on has no CUDA events: ProcessGroupNCCL's hook thread fails on
+            # it and aborts the group's communicators. So the hook goes only on a group with no op yet.
+            self._modes[pg] = self._hook(pg) if fresh or pg in _hook_sinks or _timing_from_env() else MODE_POLL
+
+    def _hook(self, pg: Any) -> str:
+        try:
+            if pg not in _hook_sinks:
+                pg._enable_collectives_timing()
+                pg._register_on_completion_hook(lambda info: _route(pg, info))
+            _hook_sinks[pg] = self.on_nccl_completion
+            self._hooked.append(pg)
+            return MODE_HOOK
+        except Exception as exc:
+            log.info("NCCL completion hook unavailable (%s); timing NCCL ops by polling is_completed().", exc)
+            return MODE_POLL
+
     def mode_of(self, pg: Any) -> str:
-        """How ``pg``'s ops are timed (decided once per group; registers the NCCL completion hook)."""
+        """How ``pg``'s ops are timed (decided once per group; an NCCL group gets the completion hook only if safe)."""
         mode = self._modes.get(pg)
         if mode is not None:
             return mode
-        try:
-            backend = str(pg.name()).lower()
-        except Exception:
-            backend = ""
+        backend = self._backend_name(pg)
         mode = MODE_POLL
         if backend == "gloo":
             mode = MODE_FUTURE
         elif backend == "nccl":
-            try:
-                pg._enable_collectives_timing()
-                pg._register_on_completion_hook(lambda info: self.on_nccl_completion(pg, info))
-                mode = MODE_HOOK
-            except Exception as exc:
-                log.info("NCCL completion hook unavailable (%s); timing NCCL ops by polling is_completed().", exc)
+            # Seen first here, its first op is already launched (without CUDA events unless the variable
+            # asked for them at the group's creation): polled, unless hooking it is safe.
+            if pg in _hook_sinks or _timing_from_env():
+                mode = self._hook(pg)
+            else:
+                log.info("NCCL group %r was first used before instrument(): its ops are timed by polling "
+                         "is_completed() (set %s=1 to time every group on the GPU).",
+                         getattr(pg, "group_name", ""), ENV_NCCL_TIMING)
         self._modes[pg] = mode
         return mode
 
@@ -366,13 +432,21 @@ class Processor(threading.Thread):
         self._run.ring_doorbell()
 
     def _match_hook_infos(self) -> None:
-        # NCCL completes a group's works in launch order: the oldest open record of the group is the one.
-        while self._hook_infos:
-            pg, info = self._hook_infos[0]
-            record = next((r for r in self._pending if r.pg is pg and r.mode == MODE_HOOK and not r.t_done), None)
+        # NCCL completes a group's works in launch order: an info belongs to the oldest open record of its group
+        # and op type. One with no such record waits a few ticks (its record may still be in the ring), then
+        # is dropped: an op launched from C++ (functional collectives), a polled send/recv, or one from before.
+        kept: list[list[Any]] = []
+        for _ in range(len(self._hook_infos)):  # the hook thread may append meanwhile
+            item = self._hook_infos.popleft()
+            pg, info, waited = item
+            op_type = getattr(info, "op_type", None)
+            record = next((r for r in self._pending if r.pg is pg and r.mode == MODE_HOOK and not r.t_done
+                           and (r.op_type is None or op_type is None or r.op_type == op_type)), None)
             if record is None:
-                return  # its record is still in the ring: next tick
-            self._hook_infos.popleft()
+                if waited < HOOK_INFO_PATIENCE:
+                    item[2] = waited + 1
+                    kept.append(item)
+                continue
             duration: Any = getattr(info, "active_duration", None)
             seconds = duration.total_seconds() if hasattr(duration, "total_seconds") else None
             finished: Any = getattr(info, "time_finished", None)
@@ -380,6 +454,7 @@ class Processor(threading.Thread):
             if seconds is not None and seconds > 0:
                 record.gpu_s = seconds
             record.t_done = max(end, record.t0 + 1)
+        self._hook_infos.extendleft(reversed(kept))
 
     # ---------------------------------------------------------------- finishing
     def group(self, pg: Any) -> GroupInfo:
