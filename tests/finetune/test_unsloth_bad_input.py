@@ -98,6 +98,10 @@ def test_a_gguf_type_llama_cpp_lacks_leaves_no_f16_behind(model: Any, tiny_llama
             export_to_llamatelemetry(model=model, tokenizer=tokenizer, output_path=tmp_path / "model-q9.gguf",
                                      quant_type="Q9_0")
         assert telemetry.span(pnames.SPAN_PREFIX + "export_gguf").status.status_code.name != "ERROR"
+        # The stage that refused it is an ERROR span.
+        quantize = _stage_span(telemetry, "quantize")
+        assert quantize.status.status_code.name == "ERROR" and "UnknownQuantTypeError" in quantize.attributes[
+            "error.type"]
     assert list(tmp_path.iterdir()) == [], "the F16 written on the way is removed"
 
 

@@ -191,7 +191,8 @@ def test_rows_not_divisible_by_256_are_reported_as_fallbacks(
     assert int(said.group(1)) == 1
 
 
-def test_an_unknown_type_lists_what_the_installed_llama_cpp_makes(tiny256: Path, tmp_path: Path) -> None:
+def test_an_unknown_type_lists_what_the_installed_llama_cpp_makes(tiny256: Path, tmp_path: Path,
+                                                                  telemetry: InMemoryTelemetry) -> None:
     listed = supported_types()
     for wanted in ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "F16", "F32", "IQ4_XS"):
         assert wanted in listed
@@ -204,6 +205,12 @@ def test_an_unknown_type_lists_what_the_installed_llama_cpp_makes(tiny256: Path,
     assert isinstance(raised.value, ValueError)
     assert "'Q9_K_M'" in str(raised.value) and ", ".join(listed) in str(raised.value)
     assert list(tmp_path.iterdir()) == []
+    # Refused before any work, and still a failed quantize stage in the trace.
+    span = telemetry.span("llamatelemetry.pipeline.quantize")
+    assert str(span.status.status_code) == "StatusCode.ERROR"
+    attrs = dict(span.attributes or {})
+    assert attrs["error.type"].endswith("UnknownQuantTypeError") and attrs[names.QUANTIZATION_TYPE] == "Q9_K_M"
+    assert names.OUTPUT_ARTIFACTS not in attrs
 
 
 def test_without_llama_cpp_python_q8_0_and_q4_0_use_the_gguf_package(
@@ -226,9 +233,14 @@ def test_without_llama_cpp_python_q8_0_and_q4_0_use_the_gguf_package(
     assert _file_type(tmp_path / "py-q8.gguf") == gguf.LlamaFileType.MOSTLY_Q8_0
     assert _file_type(tmp_path / "py-q40.gguf") == gguf.LlamaFileType.MOSTLY_Q4_0
     assert q8.tensor_types == {"F32": 5, "Q8_0": 16} and q40.tensor_types == {"F32": 5, "Q4_0": 16}
-    engines = [dict(s.attributes or {})[names.QUANTIZATION_ENGINE] for s in telemetry.spans()
-               if s.name == "llamatelemetry.pipeline.quantize"]
+    stages = [s for s in telemetry.spans() if s.name == "llamatelemetry.pipeline.quantize"]
+    engines = [dict(s.attributes or {})[names.QUANTIZATION_ENGINE] for s in stages
+               if str(s.status.status_code) != "StatusCode.ERROR"]
     assert engines == ["llama.cpp", "llama.cpp", "gguf-py", "gguf-py"]
+    refused = [dict(s.attributes or {}) for s in stages if str(s.status.status_code) == "StatusCode.ERROR"]
+    assert [a["error.type"].rsplit(".", 1)[-1] for a in refused] == ["QuantizerNotInstalledError",
+                                                                      "UnknownQuantTypeError"]
+    assert all(names.QUANTIZATION_ENGINE not in a for a in refused)
 
     # The Python Q8_0 is llama.cpp's to the byte; Q4_0 too, except the output llama.cpp keeps at Q6_K.
     def tensors(path: Path) -> dict[str, tuple[Any, bytes]]:
@@ -315,7 +327,7 @@ def test_missing_packages_are_one_error_with_the_install_command(tiny256: Path, 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bad_inputs_say_what_to_give(tiny256: Path, tmp_path: Path) -> None:
+def test_bad_inputs_say_what_to_give(tiny256: Path, tmp_path: Path, telemetry: InMemoryTelemetry) -> None:
     with pytest.raises(QuantizeInputError, match="no such file or folder") as raised:
         quantize_gguf(tmp_path / "missing", tmp_path / "o.gguf", quant_type="Q8_0")
     assert isinstance(raised.value, FileNotFoundError)
@@ -329,7 +341,14 @@ def test_bad_inputs_say_what_to_give(tiny256: Path, tmp_path: Path) -> None:
         quantize_gguf(tiny256, tmp_path / "nowhere" / "o.gguf", quant_type="Q8_0")
     with pytest.raises(ValueError, match="is the input file"):
         quantize_gguf(tiny256, tiny256, quant_type="Q8_0")
+    with pytest.raises(ValueError, match="needs quant_type="):
+        quantize_gguf(tiny256, tmp_path / "o.gguf", quant_type=None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty-folder", "notes.txt"]
+    # Each refusal is a failed quantize stage in the trace, with what was wrong.
+    spans = [s for s in telemetry.spans() if s.name == "llamatelemetry.pipeline.quantize"]
+    assert [str(s.status.status_code) for s in spans] == ["StatusCode.ERROR"] * 6
+    assert [dict(s.attributes or {})["error.type"].rsplit(".", 1)[-1] for s in spans] == [
+        "QuantizeInputError"] * 4 + ["ValueError"] * 2
 
 
 def test_served_q4_k_m_generates_and_the_client_span_carries_its_gguf_facts(

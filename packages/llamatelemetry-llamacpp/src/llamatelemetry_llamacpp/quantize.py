@@ -393,6 +393,17 @@ def _temp_beside(target: Path, label: str) -> Path:
     return Path(name)
 
 
+def _fail_stage(tracer: PipelineTracer, context: PipelineContext, error: Exception,
+                attributes: Mapping[str, Any]) -> None:
+    """Open the quantize span and end it with ``error`` (status ERROR, ``error.type``) without running anything."""
+    try:
+        with tracer.span_quantize(context, **attributes):
+            raise error
+    except Exception as raised:
+        if raised is not error:
+            raise
+
+
 def _normalized(quant_type: str | None) -> str:
     if not quant_type or not isinstance(quant_type, str):
         raise ValueError("quantize_gguf needs quant_type=, a GGUF type such as 'Q4_K_M' or 'Q8_0'.")
@@ -469,24 +480,33 @@ def quantize_gguf(model: Any, output_path: str | os.PathLike[str] | None = None,
     """
     from llamatelemetry.pipeline.spans import PipelineContext, PipelineTracer
 
-    kind = _normalized(quant_type)
-    try:
-        import gguf  # noqa: F401  (checked here so a missing package is one clear error before any work)
-        import numpy  # noqa: F401
-    except ImportError as exc:
-        raise GGUFPackageMissingError() from exc
-    chosen, llama_cpp = _pick_engine(kind, engine)  # before any work: an unknown type fails fast
-    source, to_export = _source_of(model)
-    target = Path(output_path) if output_path is not None else _default_output(source, to_export, kind)
-    if not target.parent.is_dir():
-        raise QuantizeInputError(str(target), f"the output folder {target.parent} does not exist",
-                                 "Create it first, or choose another output path.")
-    if source is not None and target.resolve() == source.resolve():
-        raise ValueError(f"output_path is the input file {source}: write the quantized model to another path.")
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists: remove it, choose another output path, or pass overwrite=True.")
     context = ctx if ctx is not None else PipelineContext()
     tracer = tracer if tracer is not None else PipelineTracer()
+    try:  # before any work: bad input fails fast, as an ERROR quantize span like any other failed stage
+        kind = _normalized(quant_type)
+        try:
+            import gguf  # noqa: F401  (checked here so a missing package is one clear error before any work)
+            import numpy  # noqa: F401
+        except ImportError as exc:
+            raise GGUFPackageMissingError() from exc
+        chosen, llama_cpp = _pick_engine(kind, engine)
+        source, to_export = _source_of(model)
+        target = Path(output_path) if output_path is not None else _default_output(source, to_export, kind)
+        if not target.parent.is_dir():
+            raise QuantizeInputError(str(target), f"the output folder {target.parent} does not exist",
+                                     "Create it first, or choose another output path.")
+        if source is not None and target.resolve() == source.resolve():
+            raise ValueError(f"output_path is the input file {source}: write the quantized model to another path.")
+        if target.exists() and not overwrite:
+            raise FileExistsError(f"{target} exists: remove it, choose another output path, or pass overwrite=True.")
+    except Exception as exc:
+        attributes: dict[str, Any] = {names.QUANTIZATION_METHOD: "gguf"}
+        if isinstance(quant_type, str) and quant_type.strip():
+            attributes[names.QUANTIZATION_TYPE] = quant_type.strip().upper()
+        if engine != "auto":  # which quantizer would have run is not known yet
+            attributes[names.QUANTIZATION_ENGINE] = engine
+        _fail_stage(tracer, context, exc, attributes)
+        raise
     if context.base_model is None:
         label = source if source is not None else to_export if isinstance(to_export, (str, os.PathLike)) else None
         context.base_model = Path(label).stem if label is not None else getattr(to_export, "name_or_path", None)
