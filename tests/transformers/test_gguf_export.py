@@ -305,6 +305,10 @@ def test_an_unknown_architecture_is_an_error_span_naming_it(tmp_path: Path) -> N
     assert str(span.status.status_code) == "StatusCode.ERROR"
     assert (span.attributes or {})["error.type"].endswith("UnsupportedArchitectureError")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2"], "nothing written"
+    # The folders an export makes for its output are removed when it fails, as its file is.
+    with pytest.raises(UnsupportedArchitectureError):
+        convert_to_gguf(folder, tmp_path / "new" / "deeper" / "gpt2.gguf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2"], "no empty folders left behind"
 
 
 def test_a_failed_write_leaves_no_half_written_file(tmp_path: Path) -> None:
