@@ -166,3 +166,42 @@ def test_shutdown_while_a_generation_runs(backend_kind: tuple[Any, Any]) -> None
             span = spans[request.request_id]
             assert span.status.status_code.name == "ERROR"
             assert span.attributes[gen_ai.ERROR_TYPE].endswith("BackendNotStartedError")
+
+
+def test_telemetry_shutdown_while_a_generation_runs(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """llamatelemetry.shutdown() mid-generation: the generation finishes whole, later ones run, nothing crashes.
+
+    The spans that end after the shutdown cannot be exported: they are counted as undelivered (shutdown
+    came first), not as dropped for a full queue, which would send a user looking for a slow exporter.
+    """
+    import llamatelemetry
+
+    backend, mid_generation = _llama_cpp(tmp_path_factory)
+    running = threading.Event()
+    telemetry = llamatelemetry.init(service_name="shutdown-mid-generation", traces_exporter="file",
+                                    output_file=str(tmp_path_factory.mktemp("out") / "spans.jsonl"),
+                                    metrics_exporter="none", use_existing_providers=False,
+                                    set_global_providers=False)
+    outcome: list[InferenceResult | BaseException] = []
+    with InferenceEngine(backend) as engine:
+        mid_generation(type("Handle", (), {"telemetry": telemetry})(), running)
+
+        def run() -> None:
+            try:
+                outcome.append(engine.generate(_request(0, 0, max_tokens=64)))
+            except BaseException as exc:  # checked below
+                outcome.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        assert running.wait(60), "the generation never started"
+        llamatelemetry.shutdown()
+        thread.join(60)
+        assert not thread.is_alive()
+        after = engine.generate(_request(1, 0))  # telemetry is off now; generation still works
+    (result,) = outcome
+    assert isinstance(result, InferenceResult) and result.output_tokens == 64, result
+    assert after.output_tokens == _request(1, 0).max_tokens
+    stats = telemetry.export_stats
+    assert stats.undelivered >= 1, stats  # the generation's own span (and its decode child) ended too late
+    assert stats.dropped == 0 and stats.dropped_by_reason == {}, stats

@@ -125,7 +125,7 @@ class ExportStats:
     Items are spans for traces and data points for metrics. With retries (OTLP), one item may
     fail several times and still be exported: ``failed`` counts failed attempts, ``dropped`` what
     was given up (queue or buffer full, retries expired), ``undelivered`` what was still buffered
-    when ``shutdown()`` ran out of time.
+    when ``shutdown()`` ran out of time, or ended after it.
     """
 
     #: Items handed to the exporter, per attempt (exported + failed).
@@ -204,10 +204,15 @@ class QueueingSpanProcessor(SpanProcessor):
         context = span.context
         if context is None or not context.trace_flags.sampled:
             return
-        if self._stopped or len(self._queue) >= self._max_queue:
+        if self._stopped:
+            # A span that ends after shutdown (a generation still running then) cannot be delivered; it is
+            # not a full queue, which would point the user at a slow exporter.
+            self.stats.add(undelivered=1)
+            return
+        if len(self._queue) >= self._max_queue:
             self.stats.add(dropped=1)
             self.stats.add_drop_reason(REASON_QUEUE_FULL, 1)
-            if not self._warned_full and not self._stopped:
+            if not self._warned_full:
                 self._warned_full = True
                 log.warning("llamatelemetry span queue is full (%d spans); spans are being dropped and counted. "
                             "The exporter is too slow or unreachable.", self._max_queue)
