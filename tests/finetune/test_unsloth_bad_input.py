@@ -145,3 +145,26 @@ def test_exporting_a_model_whose_adapters_are_not_merged(model: Any, tmp_path: P
             export_to_llamatelemetry(model=lora, output_path=tmp_path / "model-q4.gguf")
         _assert_error(_stage_span(telemetry, "export_gguf"), AdaptersNotMergedError)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pipeline_demo_on_bad_input_shuts_telemetry_down_and_leaves_no_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import tempfile
+
+    import llamatelemetry
+    from llamatelemetry.cli import main
+    from llamatelemetry_unsloth.instrument import is_instrumented
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the demo's temporary workdir goes
+    try:
+        assert main(["pipeline-demo", "--model", str(tmp_path / "no-such-model")]) == 1
+        err = capsys.readouterr().err
+        assert "no such folder" in err and "llamatelemetry.pipeline.finetune" in err
+        assert llamatelemetry.current() is None, "the demo's telemetry was shut down"
+        assert not is_instrumented(), "Trainer and PEFT are unpatched again"
+    finally:
+        if llamatelemetry.current() is not None:  # so a failure here cannot leak into the next test
+            llamatelemetry.shutdown()
+    assert list(scratch.iterdir()) == [], "the temporary workdir was removed"

@@ -111,10 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     import llamatelemetry
-    from llamatelemetry.otel.summary import render_span_tree
     from llamatelemetry_unsloth._deps import import_engine
-    from llamatelemetry_unsloth.errors import UnslothPluginError
-    from llamatelemetry_unsloth.pipeline import run_pipeline
 
     torch = import_engine("torch", "llamatelemetry pipeline-demo")
     torch.set_num_threads(args.threads)
@@ -129,11 +126,28 @@ def run(args: argparse.Namespace) -> int:
         options["traces_exporter"] = "none"
     telemetry = llamatelemetry.init(**options)
     try:
+        return _run_and_print(args, workdir, shown, telemetry)
+    finally:  # telemetry, its instrumentation and a temporary workdir end with the command, whatever happened
+        llamatelemetry.shutdown()
+        if temporary and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        elif temporary:
+            print(f"files kept in {workdir}")
+
+
+def _run_and_print(args: argparse.Namespace, workdir: Path, shown: Any, telemetry: Any) -> int:
+    from llamatelemetry.errors import LlamaTelemetryError
+    from llamatelemetry.otel.summary import render_span_tree
+    from llamatelemetry_unsloth.errors import UnslothPluginError
+    from llamatelemetry_unsloth.pipeline import run_pipeline
+
+    try:
         result = run_pipeline(workdir, model_dir=args.model, sentence=args.sentence, prompt=args.prompt,
                               steps=args.steps, quant_type=args.quant_type, gpu_layers=args.gpu_layers,
                               threads=args.threads,
                               on_stage=lambda name: print(f"... {name}", file=sys.stderr, flush=True))
-    except (UnslothPluginError, FileNotFoundError, ValueError, OSError, ImportError) as exc:
+    except (UnslothPluginError, LlamaTelemetryError, FileNotFoundError, ValueError, OSError, ImportError,
+            RuntimeError) as exc:
         telemetry.force_flush()
         print(render_span_tree(shown.get_finished_spans(), details=_details, width=56), file=sys.stderr)
         print(f"\nllamatelemetry pipeline-demo: {exc}", file=sys.stderr)
@@ -153,9 +167,4 @@ def run(args: argparse.Namespace) -> int:
     full = f"{result.prompt} {result.generated_text.strip()}"
     print(f"\nthe fine-tuned sentence survived every stage: {'yes' if args.sentence in full else 'no'}"
           + ("" if args.sentence in full else f" (first word {'found' if remembered else 'not found'})"))
-    llamatelemetry.shutdown()
-    if temporary and not args.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
-    elif temporary:
-        print(f"files kept in {workdir}")
     return 0 if args.sentence in full or args.model is not None else 3
