@@ -76,3 +76,30 @@ def test_nothing_collected_is_still_exit_code_5(suite: pytest.Pytester, monkeypa
     monkeypatch.setenv("CI", "true")
     result = suite.runpytest_subprocess("-p", "no:cacheprovider", "test_cases.py", "-k", "no_test_has_this_name")
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+def test_a_skip_in_a_fixture_or_a_skipif_fails_under_ci(suite: pytest.Pytester,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite's usual pattern (a fixture that skips when rotel or a model is missing) is caught too."""
+    monkeypatch.setenv("CI", "true")
+    suite.makepyfile(test_fixture_skip='''
+import pytest
+
+@pytest.fixture
+def collector():
+    pytest.skip("rotel not installed (pip install rotel)")
+
+def test_needs_collector(collector):
+    pass
+
+@pytest.mark.skipif(True, reason="xllamacpp missing")
+def test_skipif():
+    pass
+''')
+    result = suite.runpytest_subprocess("-p", "no:cacheprovider", "-rA", "test_fixture_skip.py")
+    outcomes = result.parseoutcomes()
+    assert "skipped" not in outcomes, result.outlines
+    assert outcomes.get("failed", 0) + outcomes.get("errors", 0) == 2, result.outlines
+    text = "\n".join(result.outlines)
+    assert "rotel not installed" in text and "xllamacpp missing" in text
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
