@@ -87,3 +87,20 @@ def test_pipeline_demo_prints_the_trace_the_artifacts_and_the_memorised_sentence
     assert f"{PROMPT} ▸ {SENTENCE.removeprefix(PROMPT).strip()}" in out
     assert "the fine-tuned sentence survived every stage: yes" in out
     assert (tmp_path / "demo" / "manifest.json").is_file()
+
+
+def test_a_failure_after_the_deployment_stops_its_server(tmp_path: Path) -> None:
+    import httpx
+
+    from llamatelemetry_unsloth.pipeline import run_pipeline
+
+    work = tmp_path / "run"
+    (work / "manifest.json").mkdir(parents=True)  # the manifest cannot be written: the last step fails
+    with InMemoryTelemetry() as telemetry:
+        with pytest.raises(OSError):
+            run_pipeline(work, steps=2, bench_requests=1, bench_tokens=2, max_tokens=2)
+        deploy = telemetry.span(pnames.SPAN_PREFIX + "deploy")
+        root = telemetry.span(pnames.SPAN_PIPELINE)
+    assert deploy.attributes[names.DEPLOY_HEALTH] == "ok" and root.status.status_code.name == "ERROR"
+    with pytest.raises(httpx.TransportError):  # nothing listens there any more
+        httpx.get(f"{deploy.attributes[names.DEPLOY_URL]}/health", timeout=5)

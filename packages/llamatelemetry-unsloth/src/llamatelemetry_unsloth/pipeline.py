@@ -211,35 +211,41 @@ def run_pipeline(workdir: str | os.PathLike[str], *, model_dir: str | os.PathLik
             on_stage(name)
         return time.perf_counter()
 
-    with tracer.pipeline(context):
-        began = timed("finetune")
-        with tracer.span_finetune(context) as stage:
-            if source is not None:
-                check_model_folder(source)
-            work.mkdir(parents=True, exist_ok=True)
-            model, tokenizer, loss, adapter_dir = _finetune(stage, work, source, sentence, steps, learning_rate,
-                                                            lora_rank, seed)
-        context.adapter = adapter_dir.name
-        durations["finetune"] = time.perf_counter() - began
-        began = timed("merge_lora")
-        merged_dir = work / "merged"
-        merged = merge_lora_adapters(model, ctx=context, tracer=tracer, save_path=merged_dir)
-        tokenizer.save_pretrained(merged_dir)
-        durations["merge_lora"] = time.perf_counter() - began
-        began = timed("export_gguf")
-        gguf = Path(export_to_llamatelemetry(model=merged, tokenizer=tokenizer,
-                                             output_path=work / f"model-{quant_type.lower()}.gguf",
-                                             pipeline_ctx=context, quant_type=quant_type, tracer=tracer))
-        durations["export_gguf+quantize"] = time.perf_counter() - began
-        began = timed("benchmark")
-        with tracer.span_benchmark(context) as stage:
-            report = _benchmark(stage, work, gguf, prompt, bench_requests, bench_tokens, gpu_layers, threads)
-        durations["benchmark"] = time.perf_counter() - began
-        began = timed("deploy")
-        with tracer.span_deploy(context) as stage:
-            server, text = _deploy(stage, work, gguf, prompt, max_tokens, gpu_layers, threads)
-        durations["deploy"] = time.perf_counter() - began
-        manifest = context.manifest.save(work / "manifest.json")
+    server: Any = None
+    try:
+        with tracer.pipeline(context):
+            began = timed("finetune")
+            with tracer.span_finetune(context) as stage:
+                if source is not None:
+                    check_model_folder(source)
+                work.mkdir(parents=True, exist_ok=True)
+                model, tokenizer, loss, adapter_dir = _finetune(stage, work, source, sentence, steps, learning_rate,
+                                                                lora_rank, seed)
+            context.adapter = adapter_dir.name
+            durations["finetune"] = time.perf_counter() - began
+            began = timed("merge_lora")
+            merged_dir = work / "merged"
+            merged = merge_lora_adapters(model, ctx=context, tracer=tracer, save_path=merged_dir)
+            tokenizer.save_pretrained(merged_dir)
+            durations["merge_lora"] = time.perf_counter() - began
+            began = timed("export_gguf")
+            gguf = Path(export_to_llamatelemetry(model=merged, tokenizer=tokenizer,
+                                                 output_path=work / f"model-{quant_type.lower()}.gguf",
+                                                 pipeline_ctx=context, quant_type=quant_type, tracer=tracer))
+            durations["export_gguf+quantize"] = time.perf_counter() - began
+            began = timed("benchmark")
+            with tracer.span_benchmark(context) as stage:
+                report = _benchmark(stage, work, gguf, prompt, bench_requests, bench_tokens, gpu_layers, threads)
+            durations["benchmark"] = time.perf_counter() - began
+            began = timed("deploy")
+            with tracer.span_deploy(context) as stage:
+                server, text = _deploy(stage, work, gguf, prompt, max_tokens, gpu_layers, threads)
+            durations["deploy"] = time.perf_counter() - began
+            manifest = context.manifest.save(work / "manifest.json")
+    except BaseException:
+        if server is not None:  # a failure after the deployment (the manifest, the span) stops its server
+            server.stop_server()
+        raise
     url = server.base_url
     if not keep_server:
         server.stop_server()
