@@ -175,3 +175,25 @@ def test_a_restart_under_the_metrics_bridge_gives_no_negative_delta(tiny_gguf: P
     assert any(name == predicted and value > 0 for points in seen for (name, _), value in points.items()), seen
     for key, value in cumulative_after.items():
         assert value >= cumulative_before.get(key, 0.0), (key, value, cumulative_before.get(key))
+
+
+@pytest.mark.parametrize("what", ["missing", "not executable"])
+def test_a_server_binary_that_cannot_run_is_a_clear_error_and_leaks_nothing(tiny_gguf: Path, tmp_path: Path,
+                                                                            what: str) -> None:
+    """binary= naming nothing runnable: ServerStartError naming it; the log file is closed, nothing is left."""
+    from llamatelemetry_llamacpp.server import ServerStartError
+
+    binary = tmp_path / "bin" / "llama-server"
+    if what == "not executable":
+        binary.parent.mkdir()
+        binary.write_text("#!/bin/sh\n")
+        binary.chmod(0o644)
+    manager = ServerManager(log_dir=tmp_path / "logs", binary=str(binary))
+    with pytest.raises(ServerStartError) as caught:
+        manager.start_server(tiny_gguf, kind="llama-server", port=None, threads=1, timeout_s=5)
+    assert str(binary) in str(caught.value) and "binary=" in str(caught.value), str(caught.value)
+    open_files = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                  if os.path.exists(f"/proc/self/fd/{fd}")}
+    assert not [f for f in open_files if f.startswith(str(tmp_path / "logs"))], "the server log is left open"
+    assert manager.pid is None and not manager.is_running()
+    manager.stop_server()  # harmless

@@ -362,11 +362,20 @@ class ServerManager:
         command = self._command(settings, kind)
         shown = [("***" if settings.api_key and part == settings.api_key else part) for part in command]
         log.info("starting %s llama.cpp server: %s (log: %s)", kind, " ".join(shown), self.log_path)
-        self._process = subprocess.Popen(
-            command, stdout=self._log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=self.child_environment(),
-            start_new_session=True,  # its own process group, so stopping reaches every child
-        )
+        try:
+            self._process = subprocess.Popen(
+                command, stdout=self._log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self.child_environment(),
+                start_new_session=True,  # its own process group, so stopping reaches every child
+            )
+        except OSError as exc:  # missing or not executable: nothing started, so release the log file now
+            self._log_handle.close()
+            self._log_handle = None
+            self.settings = None
+            hint = ("pass binary='/path/to/llama-server' naming an executable file" if kind == "llama-server"
+                    else _install_hint(kind))
+            raise ServerStartError(f"Could not run the {kind} server {command[0]!r} ({exc.strerror or exc}); "
+                                   f"{hint}.") from exc
         self.owns_process = True
         _live.add(self)
 
