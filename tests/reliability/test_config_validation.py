@@ -198,3 +198,13 @@ def test_other_bad_init_arguments_raise_configuration_error(kwargs: dict[str, An
         llamatelemetry.init(**kwargs)
     assert named in str(caught.value) and form in str(caught.value), str(caught.value)
     assert llamatelemetry.current() is None
+
+
+def test_a_bad_endpoint_is_named_without_the_secrets_a_url_may_carry(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        resolve_settings(otlp_endpoint="ftp://user:s3cret@collector:4317/?api_key=s3cret", environ={})
+    assert "s3cret" not in str(caught.value)
+    assert "ftp://<user info>@collector:4317/?<query>" in str(caught.value)
+    with caplog.at_level(logging.WARNING, logger="llamatelemetry"):
+        resolve_settings(environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://user:s3cret@bad host:43x17"})
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in caplog.text and "s3cret" not in caplog.text

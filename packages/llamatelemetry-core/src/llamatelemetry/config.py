@@ -248,22 +248,29 @@ def _bool(value: bool | None, env: Mapping[str, str], name: str, default: bool, 
     return default
 
 
+def _shown(endpoint: str) -> str:
+    """``endpoint`` for an error message: user info and query replaced, as they may carry an API key."""
+    shown = re.sub(r"(?<=://)[^/@?#]*@", "<user info>@", endpoint)
+    return re.sub(r"\?.*$", "?<query>", shown) if "?" in shown else shown
+
+
 def _check_endpoint(endpoint: str, source: str) -> str:
     form = "write it like http://localhost:4317 (gRPC) or http://localhost:4318 (HTTP)"
     if not isinstance(endpoint, str):
         raise ConfigurationError(f"{source}={endpoint!r} is not an endpoint URL: {form}.")
     endpoint = endpoint.strip()
+    shown = repr(_shown(endpoint))
     parsed = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
     if parsed.scheme and parsed.scheme not in ("http", "https"):
-        raise ConfigurationError(f"{source}={endpoint!r} has scheme {parsed.scheme!r}: use http:// or https://.")
+        raise ConfigurationError(f"{source}={shown} has scheme {parsed.scheme!r}: use http:// or https://.")
     host = parsed.netloc.rpartition("@")[2]
     host = host if host.startswith("[") else host.rsplit(":", 1)[0] if ":" in host else host
     if not parsed.hostname or not _HOST.match(host):
-        raise ConfigurationError(f"{source}={endpoint!r} is not an endpoint URL: {form}.")
+        raise ConfigurationError(f"{source}={shown} is not an endpoint URL: {form}.")
     try:
         parsed.port  # noqa: B018 - raises on a malformed port
     except ValueError:
-        raise ConfigurationError(f"{source}={endpoint!r} has an invalid port: {form}.") from None
+        raise ConfigurationError(f"{source}={shown} has an invalid port: {form}.") from None
     return endpoint
 
 
@@ -311,8 +318,9 @@ def _env_endpoint(env: Mapping[str, str], name: str) -> str | None:
     try:
         return _check_endpoint(raw, name)
     except ConfigurationError as exc:
-        reason = str(exc).removeprefix(f"{name}={raw.strip()!r} ")
-        _ignore_env(name, repr(raw), reason, "no endpoint from this variable")
+        shown = repr(_shown(raw.strip()))
+        reason = str(exc).removeprefix(f"{name}={shown} ")
+        _ignore_env(name, shown, reason, "no endpoint from this variable")
         return None
 
 
