@@ -8,6 +8,7 @@ on the same ids, the HF model's logits.
 
 from __future__ import annotations
 
+import errno
 import json
 import resource
 import signal
@@ -24,6 +25,7 @@ from llamatelemetry.pipeline import attributes as names
 from llamatelemetry.quantization import QuantizationResult, find_stage
 from llamatelemetry.quantization.gguf import (
     GGUFExportError,
+    GGUFWriteError,
     UnsupportedArchitectureError,
     UnsupportedTokenizerError,
     convert_to_gguf,
@@ -321,13 +323,17 @@ def test_a_failed_write_leaves_no_half_written_file(tmp_path: Path) -> None:
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
     try:
-        with InMemoryTelemetry() as telemetry, pytest.raises(OSError):
+        with InMemoryTelemetry() as telemetry, pytest.raises(GGUFWriteError) as raised:
             convert_to_gguf(folder, out / "m.gguf", outtype="f32")
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, previous)
     assert list(out.iterdir()) == []
     assert str(telemetry.span("llamatelemetry.pipeline.export_gguf").status.status_code) == "StatusCode.ERROR"
+    # An OSError with the errno, saying which file and what to do.
+    # gguf's writer reports a short write without an errno: the error still names the file and what to check.
+    assert isinstance(raised.value, OSError) and raised.value.errno in (errno.EFBIG, errno.EIO)
+    assert str((out / "m.gguf").resolve()) in str(raised.value) and "ulimit -f" in str(raised.value)
 
 
 def test_bad_input_is_refused_clearly(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from llamatelemetry.pipeline import attributes as names
 from llamatelemetry.quantization.gguf import (
     GGUF_OUTTYPES,
     GGUFExportError,
+    GGUFWriteError,
     UnsupportedArchitectureError,
     UnsupportedTokenizerError,
 )
@@ -295,10 +296,24 @@ def _nbytes(shape: tuple[int, ...], qtype: Any) -> int:
     return int(math.prod(shape) // block * size)
 
 
-def _write(source: _Source, target: Path, outtype: str, stage: PipelineStage) -> dict[str, Any]:
-    """Write the GGUF file ``target`` from ``source``; return what the span and result report."""
+@contextlib.contextmanager
+def _writing(destination: Path) -> Iterator[None]:
+    """Turn an OSError of the GGUF writer (a full disk, a file size limit) into ``GGUFWriteError`` naming the output."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, GGUFWriteError):
+            raise
+        raise GGUFWriteError(str(destination), exc) from exc
+
+
+def _write(source: _Source, target: Path, outtype: str, stage: PipelineStage,
+           destination: Path | None = None) -> dict[str, Any]:
+    """Write the GGUF file ``target`` (to be renamed ``destination``) from ``source``; return what the span reports."""
     import gguf
     import numpy as np
+
+    output = destination or target
 
     architectures = list(source.config.get("architectures") or [])
     arch_class = architectures[0] if architectures else str(source.config.get("model_type") or "unknown")
@@ -333,9 +348,10 @@ def _write(source: _Source, target: Path, outtype: str, stage: PipelineStage) ->
         info_dtype = np.dtype(np.float32)
         for _, gguf_name, shape, qtype in plan:
             writer.add_tensor_info(gguf_name, shape, info_dtype, _nbytes(shape, qtype), raw_dtype=qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
+        with _writing(output):
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
         # The writer takes tensor data in the order of the header: the source's order, then the extra tensors.
         planned = {key: qtype for key, _, _, qtype in plan if key}
         for key, value in source.tensors():
@@ -346,9 +362,13 @@ def _write(source: _Source, target: Path, outtype: str, stage: PipelineStage) ->
                 array = _permute(array, hparams["heads"])
             elif permute and key.endswith("self_attn.k_proj.weight"):
                 array = _permute(array, hparams["kv_heads"])
-            writer.write_tensor_data(_encode(array, planned[key]))
+            encoded = _encode(array, planned[key])
+            with _writing(output):
+                writer.write_tensor_data(encoded)
         for _, gguf_name, _, qtype in plan[len(planned):]:
-            writer.write_tensor_data(_encode(hparams["extra"][gguf_name], qtype))
+            encoded = _encode(hparams["extra"][gguf_name], qtype)
+            with _writing(output):
+                writer.write_tensor_data(encoded)
     finally:
         writer.close()
     counts = Counter(qtype.name for _, _, _, qtype in plan)
@@ -433,7 +453,7 @@ def export_gguf(model: Any, output_path: str | os.PathLike[str] | None = None, *
                 report = gguf_convert_script.run_converter(script, model_dir, staging, kind, stage)
                 engine = _ENGINE_SCRIPT
             else:
-                report = _write(source, staging, kind, stage)
+                report = _write(source, staging, kind, stage, destination=target)
                 engine = _ENGINE_WRITER
             report["duration"] = time.perf_counter() - written
             os.replace(staging, target)

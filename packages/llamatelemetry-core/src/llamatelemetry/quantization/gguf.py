@@ -13,6 +13,7 @@ without importing a plugin.
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING, Any
 
 from llamatelemetry.errors import LlamaTelemetryError
@@ -21,8 +22,8 @@ from llamatelemetry.quantization.stages import GGUFNotAvailableError, Quantizati
 if TYPE_CHECKING:
     from llamatelemetry.pipeline.spans import PipelineContext, PipelineTracer
 
-__all__ = ["convert_to_gguf", "GGUFNotAvailableError", "GGUFExportError", "UnsupportedArchitectureError",
-           "UnsupportedTokenizerError", "GGUF_OUTTYPES"]
+__all__ = ["convert_to_gguf", "GGUFNotAvailableError", "GGUFExportError", "GGUFWriteError",
+           "UnsupportedArchitectureError", "UnsupportedTokenizerError", "GGUF_OUTTYPES"]
 
 #: The output types the export stage writes.
 GGUF_OUTTYPES = ("f32", "f16", "bf16", "q8_0")
@@ -30,6 +31,23 @@ GGUF_OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 
 class GGUFExportError(LlamaTelemetryError, RuntimeError):
     """Writing a model to GGUF failed (the model's files, the tokenizer, or llama.cpp's converter)."""
+
+
+class GGUFWriteError(LlamaTelemetryError, OSError):
+    """Writing the GGUF file failed (a full disk, a file size limit, a read-only folder); nothing is left behind."""
+
+    def __init__(self, path: str, cause: OSError) -> None:
+        what = {errno.ENOSPC: "the disk is full: free space there or write the GGUF elsewhere",
+                errno.EDQUOT: "the disk quota is used up: free space there or write the GGUF elsewhere",
+                errno.EFBIG: "the file is larger than this system lets it grow (ulimit -f, or the filesystem's "
+                             "limit): write it elsewhere or raise the limit",
+                errno.EROFS: "the folder is on a read-only filesystem: write the GGUF elsewhere"}.get(
+            cause.errno or 0, "the disk may be full or the file may not grow there: check free space, file size "
+                              "limits (ulimit -f) and that the folder is writable")
+        super().__init__(cause.errno or errno.EIO, f"Could not write {path} ({cause.strerror or cause}): {what}.")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class UnsupportedArchitectureError(GGUFExportError, ValueError):
