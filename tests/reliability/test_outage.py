@@ -157,3 +157,29 @@ def test_beyond_the_buffer_the_oldest_spans_are_dropped_counted_and_the_count_ex
         return max(counts, default=0)
 
     assert sink._wait(lambda: drop_count() == expected_drops, 15), f"drop count exported: {drop_count()}"
+
+
+def test_the_default_buffer_holds_what_a_60_s_outage_at_50_spans_per_second_makes(
+    collector: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3,000 spans made while the collector is down (60 s at 50/s, made faster here) all arrive, once."""
+    rotel, sink = collector
+    seen = InMemorySpanExporter()
+    telemetry = _init(rotel, seen)  # the default export_buffer_size
+    rotel.stop()
+    for index in range(60 * 50):
+        with llamatelemetry.span("request while the collector is down", attributes={"index": index}):
+            pass
+        if index % 500 == 499:
+            time.sleep(0.2)  # let the export thread try (and fail) along the way, as in a real outage
+    time.sleep(1.0)
+    assert telemetry.export_stats.failed > 0, "the outage really made exports fail"
+    _restart_on_the_same_ports(rotel, monkeypatch)
+    llamatelemetry.shutdown()
+    stats = telemetry.export_stats
+    made = {format(s.context.span_id, "016x") for s in seen.get_finished_spans()}
+    assert len(made) == 3000
+    assert (stats.dropped, stats.undelivered, stats.exported) == (0, 0, 3000), stats
+    sink.wait_for_spans(count=3000, timeout=20)
+    received = [s.span_id for s in sink.spans() if s.resource.get("service.name") == "outage-test"]
+    assert len(received) == len(set(received)) == 3000 and set(received) == made
