@@ -117,3 +117,15 @@ def test_disabled_instrumentations_record_nothing(
                       OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=", ".join(ENTRY_POINTS))
     sink.wait_for_spans(lambda s: s.name == "app done")
     assert [s.name for s in sink.spans()] == ["app done"]
+
+
+def test_disabling_one_instrumentation_leaves_the_others_recording(
+        tmp_path: Path, otlp_collector: tuple[Any, Any], tiny_gguf: Path, llama_server: Any, hf_folder: Path) -> None:
+    """OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=llamatelemetry_llamacpp_client: no chat span; Llama and generate stay."""
+    collector, sink = otlp_collector
+    _run_instrumented(tmp_path, collector, [str(tiny_gguf), llama_server.base_url, str(hf_folder)],
+                      OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="llamatelemetry_llamacpp_client")
+    sink.wait_for_spans(lambda s: s.name == "app done")
+    names = {s.name for s in sink.spans()}
+    assert {"text_completion tiny-llama", "text_completion tiny-hf", "app done"} <= names
+    assert not [name for name in names if name.startswith("chat ")], names
