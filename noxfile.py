@@ -43,9 +43,9 @@ TRANSFORMERS_DEPS = ["torch==2.13.0", "transformers>=4.56", "tokenizers>=0.20", 
 LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
 LLAMA_CPP_SDIST_DIR = ROOT / ".nox" / ".cache" / "llama-cpp-python-sdist"
 # Fine-tuning, traced by the Unsloth plugin on its plain PEFT/transformers path (TRL's SFTTrainer too);
-# installed in the same command as TRANSFORMERS_DEPS, so torch stays pinned. Versions tested together: DESIGN section 7.
-# bitsandbytes: a 4-bit base on the CPU (>= 0.45), for the merge that reloads it unquantized.
-FINETUNE_DEPS = ["peft>=0.21", "trl>=1.16", "bitsandbytes>=0.45"]
+# installed in the same command as TRANSFORMERS_DEPS (which brings bitsandbytes, for a 4-bit base on the CPU),
+# so torch stays pinned. Versions tested together: DESIGN section 7.
+FINETUNE_DEPS = ["peft>=0.21", "trl>=1.16"]
 # Real Unsloth runs in its own environment (session `unsloth`): it caps transformers (<= 5.17) and trl (<= 1.15)
 # and pulls ~2.9 GB. Its tests live outside tests/ so the main run never collects them.
 UNSLOTH_DEPS = ["torch==2.13.0", "unsloth>=2026.10", "unsloth_zoo>=2026.10"]
