@@ -337,8 +337,8 @@ def test_bad_inputs_say_what_to_give(tiny256: Path, tmp_path: Path, telemetry: I
     (tmp_path / "notes.txt").write_text("not a model")
     with pytest.raises(QuantizeInputError, match="not a GGUF file"):
         quantize_gguf(tmp_path / "notes.txt", tmp_path / "o.gguf", quant_type="Q8_0")
-    with pytest.raises(QuantizeInputError, match=r"output folder .* does not exist"):
-        quantize_gguf(tiny256, tmp_path / "nowhere" / "o.gguf", quant_type="Q8_0")
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        quantize_gguf(tiny256, tmp_path / "empty-folder", quant_type="Q8_0")
     with pytest.raises(ValueError, match="is the input file"):
         quantize_gguf(tiny256, tiny256, quant_type="Q8_0")
     with pytest.raises(ValueError, match="needs quant_type="):
@@ -348,7 +348,29 @@ def test_bad_inputs_say_what_to_give(tiny256: Path, tmp_path: Path, telemetry: I
     spans = [s for s in telemetry.spans() if s.name == "llamatelemetry.pipeline.quantize"]
     assert [str(s.status.status_code) for s in spans] == ["StatusCode.ERROR"] * 6
     assert [dict(s.attributes or {})["error.type"].rsplit(".", 1)[-1] for s in spans] == [
-        "QuantizeInputError"] * 4 + ["ValueError"] * 2
+        "QuantizeInputError"] * 3 + ["IsADirectoryError"] + ["ValueError"] * 2
+
+
+def test_missing_output_folders_are_created_and_removed_again_if_the_stage_fails(
+        tiny256: Path, tmp_path: Path, telemetry: InMemoryTelemetry) -> None:
+    # As the export stage does: the folders are made for the output ...
+    out = tmp_path / "new" / "deeper" / "o.gguf"
+    quantize_gguf(tiny256, out, quant_type="Q8_0", nthread=1)
+    assert _file_type(out) == gguf.LlamaFileType.MOSTLY_Q8_0
+    # ... and a failed stage takes away the ones it made (not those that were there), with nothing in them.
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(tiny256.read_bytes()[:4096])
+    with pytest.raises(TruncatedModelError):
+        quantize_gguf(broken, tmp_path / "new" / "other" / "deep" / "o.gguf", quant_type="Q8_0", nthread=1)
+    assert _files(tmp_path / "new") == ["deeper"] and _files(tmp_path) == ["broken.gguf", "new"]
+    spans = [s for s in telemetry.spans() if s.name == "llamatelemetry.pipeline.quantize"]
+    assert [str(s.status.status_code) for s in spans] == ["StatusCode.UNSET", "StatusCode.ERROR"]
+    # A folder that cannot be made (a file is in the way) is a clear error before any work, as an ERROR span.
+    with pytest.raises(QuantizeWriteError, match=r"broken\.gguf is a file, not a folder"):
+        quantize_gguf(tiny256, broken / "o.gguf", quant_type="Q8_0", nthread=1)
+    assert _files(tmp_path) == ["broken.gguf", "new"]
+    last = [s for s in telemetry.spans() if s.name == "llamatelemetry.pipeline.quantize"][-1]
+    assert dict(last.attributes or {})["error.type"].endswith("QuantizeWriteError")
 
 
 def test_served_q4_k_m_generates_and_the_client_span_carries_its_gguf_facts(
@@ -434,10 +456,18 @@ def test_a_hugging_face_model_is_exported_then_quantized(tmp_path: Path, telemet
     assert _files(tmp_path / "seed") == ["model-q4.gguf"]
 
     # A model object with its tokenizer; the intermediate kept on request.
-    kept = QuantizationPipeline().run(model, output_path=str(tmp_path / "obj-q8.gguf"), quant_type="Q8_0",
-                                      tokenizer=tokenizer, keep_intermediate=True, nthread=1)
+    kept_ctx = PipelineContext()
+    kept = QuantizationPipeline(pipeline_ctx=kept_ctx).run(
+        model, output_path=str(tmp_path / "obj-q8.gguf"), quant_type="Q8_0", tokenizer=tokenizer,
+        keep_intermediate=True, nthread=1)
     assert kept.intermediate_path is not None and Path(kept.intermediate_path).parent == tmp_path
     assert read_gguf_facts(kept.intermediate_path).file_type == "F16"
+    # ... under a normal name beside the output, which the manifest's export record names; no hidden file stays.
+    assert Path(kept.intermediate_path).name == "obj-q8-f16.gguf"
+    records = {a.path: (a.metadata["stage"], a.metadata["role"]) for a in kept_ctx.manifest}
+    assert records[str((tmp_path / "obj-q8-f16.gguf").resolve())] == ("export_gguf", "output")
+    assert kept_ctx.manifest.verify().ok
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert read_gguf_facts(tmp_path / "obj-q8.gguf").file_type == "Q8_0"
 
 

@@ -4,7 +4,9 @@ The llama.cpp plugin registers it as the ``quantize`` stage ``gguf`` (hook
 ``llamatelemetry_register_stages``), so ``QuantizationPipeline().run(model, "model-q4.gguf",
 quant_type="Q4_K_M")`` finds it. The input is a GGUF file, or a Hugging Face model (a local folder,
 or a model object with ``tokenizer=``) that the registered ``export`` stage ``gguf`` writes to a
-temporary F16 GGUF beside the output first (removed afterwards unless ``keep_intermediate``).
+temporary F16 GGUF beside the output first (removed afterwards; with ``keep_intermediate`` it is
+written as ``<output stem>-f16.gguf`` and kept). Missing output folders are created, and removed
+again if the stage fails.
 
 Two quantizers:
 
@@ -65,6 +67,7 @@ __all__ = [
     "QuantizeWriteError",
     "QuantizerNotInstalledError",
     "UnknownQuantTypeError",
+    "check_quant_type",
     "quantize_gguf",
     "read_gguf_facts",
     "supported_types",
@@ -149,6 +152,8 @@ class QuantizeWriteError(GGUFQuantizeError, OSError):
     def __init__(self, path: str, cause: OSError) -> None:
         if cause.errno in (errno.ENOSPC, errno.EDQUOT):
             what = "the disk is full: free space there or write elsewhere (-o / output_path)"
+        elif cause.errno == errno.ENOTDIR:
+            what = f"{cause.filename or 'a part of the path'} is a file, not a folder: choose another output path"
         elif cause.errno == errno.EFBIG:
             what = "the file is larger than this system lets it grow (ulimit -f, or the filesystem's limit)"
         else:
@@ -393,6 +398,31 @@ def _temp_beside(target: Path, label: str) -> Path:
     return Path(name)
 
 
+def _make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return those created, deepest first (to remove on failure)."""
+    missing: list[Path] = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+    for made in reversed(missing):
+        made.mkdir()
+    return missing
+
+
+def _remove_folders(created: list[Path]) -> None:
+    """Remove the folders this stage created (deepest first), where they are empty."""
+    for made in created:
+        with contextlib.suppress(OSError):
+            made.rmdir()
+
+
+def _kept_intermediate_path(target: Path, outtype: str) -> Path:
+    """Where a kept export goes: ``<output stem>-<outtype>.gguf`` beside the output (model-q4-f16.gguf)."""
+    return target.with_name(f"{target.stem}-{outtype.lower()}.gguf")
+
+
 def _fail_stage(tracer: PipelineTracer, context: PipelineContext, error: Exception,
                 attributes: Mapping[str, Any]) -> None:
     """Open the quantize span and end it with ``error`` (status ERROR, ``error.type``) without running anything."""
@@ -408,6 +438,28 @@ def _normalized(quant_type: str | None) -> str:
     if not quant_type or not isinstance(quant_type, str):
         raise ValueError("quantize_gguf needs quant_type=, a GGUF type such as 'Q4_K_M' or 'Q8_0'.")
     return quant_type.strip().upper()
+
+
+def _checked(quant_type: str | None, engine: str) -> tuple[str, str, Any | None]:
+    """(the normalized type, the engine that would make it, the llama_cpp module when it is llama.cpp's)."""
+    kind = _normalized(quant_type)
+    try:
+        import gguf  # noqa: F401  (checked here so a missing package is one clear error before any work)
+        import numpy  # noqa: F401
+    except ImportError as exc:
+        raise GGUFPackageMissingError() from exc
+    chosen, llama_cpp = _pick_engine(kind, engine)
+    return kind, chosen, llama_cpp
+
+
+def check_quant_type(quant_type: str | None, engine: str = "auto") -> str:
+    """The normalized ``quant_type`` if the installed quantizer can make it, else the error ``quantize_gguf`` raises.
+
+    For callers that do work before quantizing (an export first) and want to fail before it:
+    ``UnknownQuantTypeError`` (with the types it can make), ``QuantizerNotInstalledError`` (a
+    K-quant without llama-cpp-python, with the install command) or ``GGUFPackageMissingError``.
+    """
+    return _checked(quant_type, engine)[0]
 
 
 def _is_gguf_file(path: Path) -> bool:
@@ -474,32 +526,38 @@ def quantize_gguf(model: Any, output_path: str | os.PathLike[str] | None = None,
     ``engine`` is ``"auto"`` (llama.cpp if llama-cpp-python is installed, else the gguf package),
     ``"llama.cpp"`` or ``"gguf-py"``; ``nthread`` the quantizer's threads (0: all cores). A model
     folder or object is exported with the ``export`` stage ``gguf`` (``outtype``, default f16, and
-    ``export_options`` such as ``tokenizer=``) to a temporary file beside the output, removed
-    afterwards unless ``keep_intermediate``. Returns a ``QuantizationResult`` with the bits per
-    weight, tensors by type and the weights that fell back to another type.
+    ``export_options`` such as ``tokenizer=``) to a temporary file beside the output and removed
+    afterwards; with ``keep_intermediate`` it is written as ``<output stem>-<outtype>.gguf`` beside
+    the output (``model-q4-f16.gguf``) and kept (``overwrite`` covers it as it does the output).
+    Missing output folders are created (and removed if the stage fails). Returns a
+    ``QuantizationResult`` with the bits per weight, tensors by type and the fallback weights.
     """
     from llamatelemetry.pipeline.spans import PipelineContext, PipelineTracer
 
     context = ctx if ctx is not None else PipelineContext()
     tracer = tracer if tracer is not None else PipelineTracer()
+    created: list[Path] = []
     try:  # before any work: bad input fails fast, as an ERROR quantize span like any other failed stage
-        kind = _normalized(quant_type)
-        try:
-            import gguf  # noqa: F401  (checked here so a missing package is one clear error before any work)
-            import numpy  # noqa: F401
-        except ImportError as exc:
-            raise GGUFPackageMissingError() from exc
-        chosen, llama_cpp = _pick_engine(kind, engine)
+        kind, chosen, llama_cpp = _checked(quant_type, engine)
         source, to_export = _source_of(model)
         target = Path(output_path) if output_path is not None else _default_output(source, to_export, kind)
-        if not target.parent.is_dir():
-            raise QuantizeInputError(str(target), f"the output folder {target.parent} does not exist",
-                                     "Create it first, or choose another output path.")
+        if target.is_dir():
+            raise IsADirectoryError(errno.EISDIR, f"output_path {target} is a folder: give a file path such as "
+                                                  f"{target / 'model-q4_k_m.gguf'}.")
         if source is not None and target.resolve() == source.resolve():
             raise ValueError(f"output_path is the input file {source}: write the quantized model to another path.")
         if target.exists() and not overwrite:
             raise FileExistsError(f"{target} exists: remove it, choose another output path, or pass overwrite=True.")
+        kept = _kept_intermediate_path(target, outtype) if source is None and keep_intermediate else None
+        if kept is not None and kept.exists() and not overwrite:
+            raise FileExistsError(f"{kept} exists (keep_intermediate=True keeps the {outtype.upper()} export there): "
+                                  "remove it, choose another output path, or pass overwrite=True.")
+        try:
+            created = _make_folders(target.parent)
+        except OSError as exc:
+            raise QuantizeWriteError(str(target), exc) from exc
     except Exception as exc:
+        _remove_folders(created)
         attributes: dict[str, Any] = {names.QUANTIZATION_METHOD: "gguf"}
         if isinstance(quant_type, str) and quant_type.strip():
             attributes[names.QUANTIZATION_TYPE] = quant_type.strip().upper()
@@ -515,12 +573,18 @@ def quantize_gguf(model: Any, output_path: str | os.PathLike[str] | None = None,
     intermediate: Path | None = None
     try:
         if source is None:
-            intermediate = _temp_beside(target, outtype.lower())
+            # A kept export is written under its final name (the export stage writes it atomically and records
+            # that path in the manifest); one to remove goes under a hidden temporary name.
+            intermediate = kept if kept is not None else _temp_beside(target, outtype.lower())
             source = _export(to_export, intermediate, outtype, context, tracer, export_options)
         result = _quantize_file(source, target, kind, chosen, llama_cpp, nthread, context, tracer, started)
-    finally:
-        if intermediate is not None and not keep_intermediate:
+    except BaseException:
+        if intermediate is not None and kept is None:
             intermediate.unlink(missing_ok=True)
+        _remove_folders(created)  # those it made, where empty: a complete kept export stays, with its folders
+        raise
+    if intermediate is not None and kept is None:
+        intermediate.unlink(missing_ok=True)
     if intermediate is not None and keep_intermediate:
         result = attrs.evolve(result, intermediate_path=str(intermediate))
     return result
