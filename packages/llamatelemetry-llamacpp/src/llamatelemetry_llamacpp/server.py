@@ -121,6 +121,38 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+def _exit_code(process: subprocess.Popen[bytes]) -> int | None:
+    """The process's exit code once it has exited (``-N``: killed by signal N), None while it runs; never reaps it.
+
+    Left unreaped until ``stop_server()``, an exited server keeps its process id, and with it its process
+    group's id, reserved: no new process can take that id, so a signal to the group reaches only what the
+    server left behind.
+    """
+    if process.returncode is not None:
+        return process.returncode
+    if not hasattr(os, "waitid"):  # pragma: no cover - every Linux has it
+        return process.poll()
+    try:
+        state = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:  # reaped by someone else: Popen records what it can
+        return process.poll()
+    if state is None:
+        return None
+    return state.si_status if state.si_code == os.CLD_EXITED else -state.si_status
+
+
+def _wait_exited(process: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Whether the process exits within ``timeout_s`` seconds (without reaping it, as ``_exit_code``)."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while _exit_code(process) is None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    return True
+
+
 def _served_model(base_url: str) -> str | None:
     """The model path or id a llama.cpp server reports, or None if it is not one."""
     status, props = _probe(f"{base_url}/props")
@@ -246,7 +278,7 @@ class ServerManager:
         """Whether the server answers ``/health`` with 200."""
         if self.settings is None:
             return False
-        if self._process is not None and self._process.poll() is not None:
+        if self._process is not None and _exit_code(self._process) is not None:
             return False
         status, _ = _probe(f"{self.base_url}{self._health_path}", timeout=1.0)
         return status == 200
@@ -282,7 +314,7 @@ class ServerManager:
         Settings come from ``config`` (or ``preset``), then the explicit arguments override.
         ``port=None`` picks a free port.
         """
-        if self._process is not None and self._process.poll() is None:
+        if self._process is not None and _exit_code(self._process) is None:
             raise ServerStartError(f"This manager already runs a server at {self.base_url}; stop_server() first.")
         model = Path(model_path).expanduser()
         if not model.is_file():
@@ -393,8 +425,9 @@ class ServerManager:
         last: object = None
         while time.monotonic() < deadline:
             assert self._process is not None
-            if self._process.poll() is not None:
-                raise ServerStartError(f"The {self.kind} server exited with code {self._process.returncode} "
+            code = _exit_code(self._process)
+            if code is not None:
+                raise ServerStartError(f"The {self.kind} server exited with code {code} "
                                        f"while starting.\n{self.log_tail()}")
             status, body = _probe(f"{self.base_url}{self._health_path}", timeout=2.0)
             if status == 200:
@@ -417,18 +450,20 @@ class ServerManager:
     # ------------------------------------------------------------------ stop
 
     def stop_server(self, timeout_s: float = 10.0) -> None:
-        """Stop the server this manager started (SIGTERM, then SIGKILL); calling it twice is harmless."""
+        """Stop the server this manager started and all of its process group (SIGTERM, then SIGKILL); harmless twice."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("llama.cpp server %d did not stop in %.0f s; killing it", process.pid, timeout_s)
+        if process is not None:
+            if _exit_code(process) is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+                if not _wait_exited(process, timeout_s):
+                    log.warning("llama.cpp server %d did not stop in %.0f s; killing it", process.pid, timeout_s)
+            if process.returncode is None:
+                # Not reaped yet, so the group's id is still ours (see _exit_code): whatever the server left in
+                # its group (a wrapper's child, a helper that outlived SIGTERM) is killed with it.
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+            process.wait(timeout=10)
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None

@@ -184,10 +184,22 @@ class Transport:
         return StreamProtocolError(self.endpoint.display_url, path, "expected an event stream (text/event-stream), "
                                                                     f"got {content_type or 'no content type'}")
 
+    def _read_limit(self, exc: httpx.TimeoutException) -> float | None:
+        """The read timeout the timed-out request ran under: its own when it had one, else the client's."""
+        try:
+            # httpx attaches the request to errors raised while reading a body; its timeout is what applied.
+            limits = exc.request.extensions.get("timeout")
+        except RuntimeError:  # no request attached
+            return self.timeout
+        if isinstance(limits, dict) and "read" in limits:
+            read = limits["read"]
+            return float(read) if isinstance(read, (int, float)) else None
+        return self.timeout
+
     def stream_failure(self, exc: BaseException, path: str) -> BaseException:
         """What a failure while reading a stream's body raises: httpx failures become this plugin's errors."""
         if isinstance(exc, httpx.TimeoutException):
-            return ServerTimeoutError(self.endpoint.display_url, "POST", path, self.timeout, "read")
+            return ServerTimeoutError(self.endpoint.display_url, "POST", path, self._read_limit(exc), "read")
         if isinstance(exc, httpx.HTTPError):
             return StreamProtocolError(self.endpoint.display_url, path,
                                        f"the connection broke mid-stream ({type(exc).__name__}: {exc})")
