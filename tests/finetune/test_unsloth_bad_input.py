@@ -88,31 +88,96 @@ def test_an_unknown_quant_type_fails_before_anything_is_written(model: Any, tmp_
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_gguf_type_llama_cpp_lacks_leaves_no_f16_behind(model: Any, tiny_llama_dir: Path, tmp_path: Path) -> None:
+def test_a_gguf_type_llama_cpp_lacks_is_refused_before_the_export(model: Any, tiny_llama_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    pytest.importorskip("gguf")
+    from llamatelemetry.unsloth import export_to_llamatelemetry
+    from llamatelemetry_llamacpp.quantize import UnknownQuantTypeError as StageUnknownQuantTypeError
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_llama_dir, local_files_only=True)
+    with InMemoryTelemetry() as telemetry:
+        # The shape of a GGUF type, but no quantizer makes it: the quantize stage's own error, with what it makes.
+        with pytest.raises(StageUnknownQuantTypeError, match=r"'Q9_0' is not a GGUF type .* Use one of: .*Q8_0"):
+            export_to_llamatelemetry(model=model, tokenizer=tokenizer, output_path=tmp_path / "out" / "model-q9.gguf",
+                                     quant_type="Q9_0")
+        # Refused before the F16 export ran: no export span; the stage that refused it is an ERROR span.
+        assert not [s for s in telemetry.spans() if s.name == pnames.SPAN_PREFIX + "export_gguf"]
+        quantize = _stage_span(telemetry, "quantize")
+        assert quantize.status.status_code.name == "ERROR" and "UnknownQuantTypeError" in quantize.attributes[
+            "error.type"]
+    assert list(tmp_path.iterdir()) == [], "nothing written, no folder made"
+
+
+def test_a_k_quant_without_llama_cpp_python_is_refused_before_the_export(
+        model: Any, tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("gguf")
+    import sys
+
+    from llamatelemetry.unsloth import export_to_llamatelemetry
+    from llamatelemetry_llamacpp.quantize import QuantizerNotInstalledError
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if llama-cpp-python were not installed
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_llama_dir, local_files_only=True)
+    with InMemoryTelemetry() as telemetry:
+        with pytest.raises(QuantizerNotInstalledError, match=r"Q4_K_M needs llama\.cpp's quantizer.*pip install "
+                                                             "llama-cpp-python"):
+            export_to_llamatelemetry(model=model, tokenizer=tokenizer, output_path=tmp_path / "model-q4.gguf",
+                                     quant_type="Q4_K_M")
+        assert not [s for s in telemetry.spans() if s.name == pnames.SPAN_PREFIX + "export_gguf"]
+        _assert_error(_stage_span(telemetry, "quantize"), QuantizerNotInstalledError)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_f16_file_is_refused_not_overwritten(model: Any, tiny_llama_dir: Path, tmp_path: Path) -> None:
+    from llamatelemetry.unsloth import export_to_llamatelemetry
+
+    mine = tmp_path / "model-f16.gguf"
+    mine.write_bytes(b"the user's own F16 model")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_llama_dir, local_files_only=True)
+    with InMemoryTelemetry() as telemetry:
+        with pytest.raises(OutputPathError, match=r"model-f16\.gguf'.*a file is there.*keep_f16=False"):
+            export_to_llamatelemetry(model=model, tokenizer=tokenizer, output_path=tmp_path / "model-q4.gguf",
+                                     quant_type="Q8_0")
+        _assert_error(_stage_span(telemetry, "export_gguf"), OutputPathError)
+    assert mine.read_bytes() == b"the user's own F16 model" and _names(tmp_path) == ["model-f16.gguf"]
+    # keep_f16=False writes the F16 under a temporary name instead: the user's file is untouched, the export done.
+    written = export_to_llamatelemetry(model=model, tokenizer=tokenizer, output_path=tmp_path / "model-q4.gguf",
+                                       quant_type="Q8_0", keep_f16=False)
+    assert Path(written).read_bytes()[:4] == b"GGUF"
+    assert mine.read_bytes() == b"the user's own F16 model" and _names(tmp_path) == ["model-f16.gguf", "model-q4.gguf"]
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_missing_output_folders_are_created_and_removed_again_if_the_chain_fails(
+        model: Any, tiny_llama_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("gguf")
     from llamatelemetry.unsloth import export_to_llamatelemetry
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_llama_dir, local_files_only=True)
+    # As the export and quantize stages do: the folders are made for the output ...
+    written = export_to_llamatelemetry(model=model, tokenizer=tokenizer, quant_type="Q8_0",
+                                       output_path=tmp_path / "new" / "deeper" / "model-q8_0.gguf")
+    assert Path(written).read_bytes()[:4] == b"GGUF"
+    assert _names(tmp_path / "new" / "deeper") == ["model-f16.gguf", "model-q8_0.gguf"]
+    # ... and a chain that fails (here the export: an architecture our writer does not know) takes them away.
+    from llamatelemetry.quantization.gguf import UnsupportedArchitectureError
+
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=1,
+                                                                n_head=2, n_positions=32))
     with InMemoryTelemetry() as telemetry:
-        with pytest.raises(ValueError, match="Q9_0"):  # the shape of a GGUF type, but no quantizer makes it
-            export_to_llamatelemetry(model=model, tokenizer=tokenizer, output_path=tmp_path / "model-q9.gguf",
-                                     quant_type="Q9_0")
-        assert telemetry.span(pnames.SPAN_PREFIX + "export_gguf").status.status_code.name != "ERROR"
-        # The stage that refused it is an ERROR span.
-        quantize = _stage_span(telemetry, "quantize")
-        assert quantize.status.status_code.name == "ERROR" and "UnknownQuantTypeError" in quantize.attributes[
-            "error.type"]
-    assert list(tmp_path.iterdir()) == [], "the F16 written on the way is removed"
-
-
-def test_an_output_path_in_a_missing_folder(model: Any, tmp_path: Path) -> None:
-    from llamatelemetry.unsloth import export_to_llamatelemetry
-
+        with pytest.raises(UnsupportedArchitectureError, match="GPT2LMHeadModel"):
+            export_to_llamatelemetry(model=gpt2, tokenizer=tokenizer, quant_type="Q8_0",
+                                     output_path=tmp_path / "other" / "deep" / "model-q8_0.gguf")
+        assert _stage_span(telemetry, "export_gguf").status.status_code.name == "ERROR"
+    assert _names(tmp_path) == ["new"]
+    # A file standing where a folder should be is refused before anything is written.
     with InMemoryTelemetry() as telemetry:
-        with pytest.raises(OutputPathError, match="does not exist"):
-            export_to_llamatelemetry(model=model, output_path=tmp_path / "missing" / "model-q4.gguf")
+        with pytest.raises(OutputPathError, match="is a file, not a folder"):
+            export_to_llamatelemetry(model=model, tokenizer=tokenizer, output_path=Path(written) / "x" / "m.gguf")
         _assert_error(_stage_span(telemetry, "export_gguf"), OutputPathError)
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_output_path_in_a_read_only_folder(model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

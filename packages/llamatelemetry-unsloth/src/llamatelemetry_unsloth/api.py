@@ -12,6 +12,8 @@ no download.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import tempfile
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llamatelemetry.pipeline import attributes as pnames
 from llamatelemetry_unsloth import semconv as names
 from llamatelemetry_unsloth._deps import import_engine, import_unsloth
 from llamatelemetry_unsloth.errors import (
@@ -208,25 +211,52 @@ def _save_merged(merged: Any, folder: Path, stage: PipelineStage) -> None:
 
 # ------------------------------------------------------------------ export
 
+def _existing_ancestor(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
 def _check_output(path: str | os.PathLike[str]) -> Path:
     target = Path(path).expanduser()
     if target.is_dir():
         raise OutputPathError(target, "it is a folder; pass a file path such as model-q4_k_m.gguf")
-    if not target.parent.is_dir():
-        raise OutputPathError(target, f"the folder {target.parent} does not exist (create it first, or choose "
-                                      "another output path)")
-    if not _writable(target.parent):
-        raise OutputPathError(target, f"the folder {target.parent} is read-only (choose a writable folder, e.g. "
+    found = _existing_ancestor(target.parent)  # missing folders are created (the export stage does the same)
+    if not found.is_dir():
+        raise OutputPathError(target, f"{found} is a file, not a folder (choose another output path)")
+    if not _writable(found):
+        raise OutputPathError(target, f"the folder {found} is read-only (choose a writable folder, e.g. "
                                       "/kaggle/working rather than /kaggle/input)")
     return target
 
 
+def _make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return those created, deepest first (to remove on failure)."""
+    missing: list[Path] = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        made.mkdir()
+    return missing
+
+
 def _check_quant_type(quant_type: object) -> str:
-    from llamatelemetry.quantization import is_gguf_type
+    """The normalized type, if it has the shape of a GGUF type and a GGUF quantize stage is installed."""
+    from llamatelemetry.quantization import find_stage, is_gguf_type
 
     if not isinstance(quant_type, str) or not is_gguf_type(quant_type):
         raise UnknownQuantTypeError(quant_type)
+    find_stage("quantize", "gguf")  # the core's "not installed" error (with the install command), before any work
     return quant_type.strip().upper()
+
+
+def _check_quantizer(kind: str) -> str:
+    """``kind`` if the installed quantizer makes it, else the quantize stage's own error (types, install command)."""
+    from llamatelemetry_llamacpp.quantize import check_quant_type
+
+    # Q9_0, or Q4_K_M without llama-cpp-python: refused now, not after the F16 export.
+    return check_quant_type(kind)
 
 
 def _f16_path(target: Path) -> Path:
@@ -244,9 +274,12 @@ def export_to_llamatelemetry(model: Any, tokenizer: Any = None, output_path: str
 
     ``model`` is a merged model object (with its ``tokenizer``) or a saved model folder. The F16
     GGUF (stage ``export_gguf``) is written beside the output as ``<name>-f16.gguf`` and kept in
-    the manifest unless ``keep_f16=False``; the ``quantize`` stage writes the output. Returns the
-    output path. Bad input (unknown type, missing or read-only folder, LoRA not merged) fails
-    before anything is written, with an ERROR ``export_gguf`` span.
+    the manifest (an existing file of that name is refused, never overwritten); with
+    ``keep_f16=False`` it goes to a temporary file, removed afterwards. The ``quantize`` stage
+    writes the output; missing output folders are created (and removed if the chain fails).
+    Returns the output path. Bad input (unknown type, read-only folder, LoRA not merged) fails
+    before anything is written, with an ERROR ``export_gguf`` span; a type the installed
+    quantizer cannot make, with the quantize stage's error and an ERROR ``quantize`` span.
     """
     from llamatelemetry.quantization import QuantizationPipeline
     from llamatelemetry.quantization.gguf import convert_to_gguf
@@ -259,23 +292,41 @@ def export_to_llamatelemetry(model: Any, tokenizer: Any = None, output_path: str
             check_model_folder(model)
         elif getattr(model, "peft_config", None) and lora_layer_count(model):
             raise AdaptersNotMergedError()
+        f16 = _f16_path(target) if keep_f16 else target.with_name(f".{target.name}.{os.getpid()}.f16.gguf")
+        if keep_f16 and f16.exists():  # a user's file: never overwritten, nor removed if the chain fails
+            raise OutputPathError(f16, "a file is there, and export_to_llamatelemetry keeps the F16 GGUF it writes "
+                                       "under that name beside the output. Move or remove it, choose another "
+                                       "output path, or pass keep_f16=False (the F16 then goes to a temporary "
+                                       "file that is removed)")
     except Exception as exc:
         _fail_in_stage(tracer.span_export_gguf, context, exc)  # the stage asked for ends in ERROR
         raise
+    try:
+        kind = _check_quantizer(kind)
+    except Exception as exc:  # the quantize stage's refusal: that stage's span ends in ERROR, as when it runs
+        attributes: dict[str, Any] = {pnames.QUANTIZATION_METHOD: "gguf", pnames.QUANTIZATION_TYPE: kind}
+        _fail_in_stage(functools.partial(tracer.span_quantize, **attributes), context, exc)
+        raise
+    try:
+        created = _make_folders(target.parent)
+    except OSError as exc:
+        error = OutputPathError(target, f"its folder could not be created ({exc.strerror or exc})")
+        _fail_in_stage(tracer.span_export_gguf, context, error)
+        raise error from exc
     if context.quantization is None:
         context.quantization = kind
-    f16 = _f16_path(target)
     if tokenizer is not None:
         export_options["tokenizer"] = tokenizer
     started = time.perf_counter()
-    wrote_f16 = not f16.exists()
     try:
         convert_to_gguf(model, f16, outtype="f16", ctx=context, tracer=tracer, **export_options)
         QuantizationPipeline(pipeline_ctx=context, tracer=tracer).run(os.fspath(f16), output_path=os.fspath(target),
                                                                       quant_type=kind)
     except BaseException:
-        if wrote_f16:  # ours, and the chain failed: nothing half-done stays behind
-            f16.unlink(missing_ok=True)
+        f16.unlink(missing_ok=True)  # ours (an existing one was refused above): nothing half-done stays behind
+        for made in created:  # nor the folders made for the output
+            with contextlib.suppress(OSError):
+                made.rmdir()
         raise
     if not keep_f16:
         f16.unlink(missing_ok=True)
