@@ -151,8 +151,12 @@ class _RetryBuffer(Generic[_T]):
     def _enforce_capacity(self) -> None:
         # Called with the lock held. The oldest items go first. The batch in flight holds the oldest: its
         # items are marked (_doomed) and dropped only if the send fails. A batch that cannot be trimmed (one
-        # metrics collection) is kept when it is the newest: the latest cumulative values, with the drop
-        # counts, are the ones worth delivering.
+        # metrics collection) goes whole, but the newest is always kept. What a dropped collection costs
+        # depends on temporality: under cumulative (the OTLP default) the newest collection still carries
+        # every counter's and histogram's running total, so only intermediate points in time are lost; under
+        # OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=delta (or lowmemory) counters and histograms hold
+        # only the change since the previous collection, so a dropped one's increments are lost for good.
+        # Either way its points are counted as dropped (docs/configuration.md, "Shutdown and collector outages").
         while self._buffered > self._capacity:
             excess = self._buffered - self._capacity
             flying = self._in_flight
