@@ -112,3 +112,24 @@ def test_load_model_names_a_missing_folder(tmp_path: Path) -> None:
             load_model(str(tmp_path / "nowhere"), load_in_4bit=True)
         span = telemetry.span(names.SPAN_MODEL_LOAD)
     assert span.status.status_code.name == "ERROR"
+
+
+def test_from_pretrained_without_load_in_4bit_records_unsloths_default(tiny_llama_dir: Path,
+                                                                       fast_language_model: Any) -> None:
+    import inspect
+
+    # The default the span must record is Unsloth's own (True: 4-bit QLoRA), read from its signature here.
+    default = inspect.signature(fast_language_model.from_pretrained).parameters["load_in_4bit"].default
+    assert default is True
+    with InMemoryTelemetry() as telemetry:
+        fast_language_model.from_pretrained(model_name=str(tiny_llama_dir), max_seq_length=64)  # the default
+        fast_language_model.from_pretrained(str(tiny_llama_dir), 64, None, False)  # passed by position
+        loads = [s for s in telemetry.spans() if s.name == names.SPAN_MODEL_LOAD]
+    assert [s.attributes[names.LOADER] for s in loads] == ["unsloth", "unsloth"]
+    assert [s.attributes[names.MODEL_LOAD_IN_4BIT] for s in loads] == [True, False]
+    # Recorded when the load starts, not only read back from the model: a load that fails says what was asked too.
+    with InMemoryTelemetry() as telemetry:
+        with pytest.raises(OSError, match="nowhere"):  # Unsloth's own error for a folder that is not there
+            fast_language_model.from_pretrained(model_name=str(tiny_llama_dir / "nowhere"), max_seq_length=64)
+        failed = telemetry.span(names.SPAN_MODEL_LOAD)
+    assert failed.status.status_code.name == "ERROR" and failed.attributes[names.MODEL_LOAD_IN_4BIT] is True

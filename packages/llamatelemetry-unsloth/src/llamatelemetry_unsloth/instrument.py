@@ -29,6 +29,7 @@ import functools
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import inspect
 import logging
 import os
 import sys
@@ -527,6 +528,26 @@ def traced_merge(attributes: dict[str, Any]) -> Iterator[Span | None]:
 
 # ------------------------------------------------------------------ Unsloth
 
+#: FastLanguageModel.from_pretrained's own default (4-bit QLoRA), for a wrapper whose signature hides it.
+_UNSLOTH_LOAD_IN_4BIT_DEFAULT: Final = True
+
+
+def _effective_4bit(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """``load_in_4bit`` as the call gets it: passed (by name or position), or the signature's default."""
+    if "load_in_4bit" in kwargs:
+        return bool(kwargs["load_in_4bit"])
+    try:
+        bound = inspect.signature(func).bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):  # no signature to read, or a call it does not take: the caller's error
+        return _UNSLOTH_LOAD_IN_4BIT_DEFAULT
+    if "load_in_4bit" in bound.arguments:
+        return bool(bound.arguments["load_in_4bit"])
+    parameter = bound.signature.parameters.get("load_in_4bit")
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return _UNSLOTH_LOAD_IN_4BIT_DEFAULT
+    return bool(parameter.default)
+
+
 def _patch_unsloth(module: ModuleType) -> None:
     fast = getattr(module, "FastLanguageModel", None)
     if fast is None:
@@ -542,7 +563,7 @@ def _patch_unsloth(module: ModuleType) -> None:
             if "load" in _inside.get() or not telemetry_active():
                 return func(*args, **kwargs)
             name = _source_name(call_args, kwargs, "model_name")
-            with traced_model_load("unsloth", name, bool(kwargs.get("load_in_4bit"))) as loaded:
+            with traced_model_load("unsloth", name, _effective_4bit(func, args, kwargs)) as loaded:
                 result = func(*args, **kwargs)
                 model = result[0] if isinstance(result, tuple) else result
                 loaded(model)
