@@ -104,3 +104,23 @@ def test_a_failure_after_the_deployment_stops_its_server(tmp_path: Path) -> None
     assert deploy.attributes[names.DEPLOY_HEALTH] == "ok" and root.status.status_code.name == "ERROR"
     with pytest.raises(httpx.TransportError):  # nothing listens there any more
         httpx.get(f"{deploy.attributes[names.DEPLOY_URL]}/health", timeout=5)
+
+
+def test_a_second_run_in_the_same_workdir_replaces_its_own_files(tmp_path: Path) -> None:
+    """The earlier run's F16 is the pipeline's own product: a re-run replaces it (a user's file would be refused)."""
+    from llamatelemetry_unsloth.pipeline import run_pipeline
+
+    work = tmp_path / "run"
+    first = run_pipeline(work, steps=2, bench_requests=1, bench_tokens=2, max_tokens=2)
+    second = run_pipeline(work, steps=2, bench_requests=1, bench_tokens=2, max_tokens=2)
+    assert second.context.pipeline_id != first.context.pipeline_id
+    assert (work / "model-f16.gguf").is_file() and (work / "model-q4_k_m.gguf").is_file()
+    assert ArtifactManifest.load(work / "manifest.json").pipeline_id == second.context.pipeline_id
+
+
+def test_the_f16_is_named_after_the_output_without_its_type() -> None:
+    from llamatelemetry_unsloth.api import _f16_path
+
+    for name in ("model-q4_k_m.gguf", "model-Q8_0.gguf", "model-q6_k.gguf", "model-iq3_xxs.gguf", "model-q4.gguf"):
+        assert _f16_path(Path("/w") / name) == Path("/w/model-f16.gguf"), name
+    assert _f16_path(Path("/w/my-llama.gguf")) == Path("/w/my-llama-f16.gguf")

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -259,11 +260,12 @@ def _check_quantizer(kind: str) -> str:
     return check_quant_type(kind)
 
 
+# A GGUF type at the end of a file name (model-q4_k_m, model-Q8_0, model-iq3_xxs, model-q4): dropped for the F16's name.
+_TYPE_SUFFIX = re.compile(r"-(?:i?q\d(?:_[0-9a-z]+)*|tq\d_\d|bf16|f16|f32)$", re.IGNORECASE)
+
+
 def _f16_path(target: Path) -> Path:
-    stem = target.stem
-    for suffix in ("-q4", "-q4_k_m", "-q8_0", "-q5_k_m"):
-        stem = stem.removesuffix(suffix)
-    return target.with_name(f"{stem}-f16.gguf")
+    return target.with_name(f"{_TYPE_SUFFIX.sub('', target.stem)}-f16.gguf")
 
 
 def export_to_llamatelemetry(model: Any, tokenizer: Any = None, output_path: str | os.PathLike[str] = "model-q4.gguf",

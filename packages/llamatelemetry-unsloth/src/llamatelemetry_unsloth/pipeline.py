@@ -32,7 +32,7 @@ import attrs
 
 from llamatelemetry_unsloth import semconv as names
 from llamatelemetry_unsloth._deps import import_engine
-from llamatelemetry_unsloth.api import check_model_folder, export_to_llamatelemetry, merge_lora_adapters
+from llamatelemetry_unsloth.api import _f16_path, check_model_folder, export_to_llamatelemetry, merge_lora_adapters
 from llamatelemetry_unsloth.testing import PROMPT, SENTENCE
 
 if TYPE_CHECKING:
@@ -229,8 +229,10 @@ def run_pipeline(workdir: str | os.PathLike[str], *, model_dir: str | os.PathLik
             tokenizer.save_pretrained(merged_dir)
             durations["merge_lora"] = time.perf_counter() - began
             began = timed("export_gguf")
-            gguf = Path(export_to_llamatelemetry(model=merged, tokenizer=tokenizer,
-                                                 output_path=work / f"model-{quant_type.lower()}.gguf",
+            output = work / f"model-{quant_type.lower()}.gguf"
+            # The F16 of an earlier run in this workdir is this pipeline's own product, not a user's file.
+            _f16_path(output).unlink(missing_ok=True)
+            gguf = Path(export_to_llamatelemetry(model=merged, tokenizer=tokenizer, output_path=output,
                                                  pipeline_ctx=context, quant_type=quant_type, tracer=tracer))
             durations["export_gguf+quantize"] = time.perf_counter() - began
             began = timed("benchmark")
