@@ -216,17 +216,25 @@ def test_phoenix_ui_shows_the_trace_tree_and_tokens_counted_once(demo: DemoRun, 
             page.get_by_text("llamatelemetry demo", exact=True).first.click()
             page.get_by_text("llama_cpp.decode", exact=True).first.wait_for(timeout=60_000)
             # The tree: the column under its search box (the table behind and the details pane show names too).
-            search = page.get_by_placeholder("Search trace").bounding_box()
-            assert search is not None
-            boxes = {}
-            for name in ("llamatelemetry demo", "llama.cpp server start", "chat tiny-llama", "llama_cpp.prefill",
-                         "llama_cpp.decode"):
-                found = [box for box in (e.bounding_box() for e in page.get_by_text(name, exact=True).all())
-                         if box is not None and box["y"] > search["y"]
-                         and search["x"] - 40 <= box["x"] <= search["x"] + search["width"]]
-                assert found, name
-                # The topmost: the trace table's own row for the root lies further down, under the tree's panel.
-                boxes[name] = min(found, key=lambda box: box["y"])
+            # The panel renders and settles in steps: look again until every name is in it, for up to 30 s.
+            names = ("llamatelemetry demo", "llama.cpp server start", "chat tiny-llama", "llama_cpp.prefill",
+                     "llama_cpp.decode")
+            boxes: dict[str, Any] = {}
+            deadline = time.monotonic() + 30
+            while True:
+                search = page.get_by_placeholder("Search trace").bounding_box()
+                boxes = {}
+                for name in names if search is not None else ():
+                    found = [box for box in (e.bounding_box() for e in page.get_by_text(name, exact=True).all())
+                             if box is not None and box["y"] > search["y"]
+                             and search["x"] - 40 <= box["x"] <= search["x"] + search["width"]]
+                    if found:
+                        # The topmost: the trace table's own row for the root lies further down, under the tree.
+                        boxes[name] = min(found, key=lambda box: box["y"])
+                if len(boxes) == len(names) or time.monotonic() > deadline:
+                    break
+                page.wait_for_timeout(250)
+            assert set(boxes) == set(names), f"not in the trace tree after 30 s: {set(names) - set(boxes)}"
         finally:
             browser.close()
     # The tree reads top to bottom in time order, each child indented under its parent.
