@@ -308,3 +308,29 @@ def test_load_refuses_a_damaged_entry(tmp_path: Path) -> None:
                                          "artifacts": [{"path": "model.gguf", "kind": "gguf_model"}]}))
     with pytest.raises(ValueError, match=r"artifacts\[0\] lacks sha256, size_bytes"):
         ArtifactManifest.load(manifest_path)
+
+
+def test_make_folders_returns_what_it_made_and_remove_folders_takes_only_those(tmp_path: Path) -> None:
+    from llamatelemetry.artifacts import make_folders, remove_folders
+
+    (tmp_path / "kept").mkdir()
+    created = make_folders(tmp_path / "kept" / "a" / "b")
+    assert created == [tmp_path / "kept" / "a" / "b", tmp_path / "kept" / "a"]
+    assert (tmp_path / "kept" / "a" / "b").is_dir()
+    assert make_folders(tmp_path / "kept") == []
+    remove_folders(created)
+    assert not (tmp_path / "kept" / "a").exists() and (tmp_path / "kept").is_dir()
+    # A folder that is no longer empty stays.
+    created = make_folders(tmp_path / "x" / "y")
+    (tmp_path / "x" / "y" / "model.gguf").write_bytes(b"GGUF")
+    remove_folders(created)
+    assert (tmp_path / "x" / "y" / "model.gguf").is_file()
+
+
+def test_make_folders_refuses_a_file_where_a_folder_is_needed(tmp_path: Path) -> None:
+    from llamatelemetry.artifacts import make_folders
+
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match="file"):
+        make_folders(tmp_path / "file" / "sub")
+    assert not (tmp_path / "file" / "sub").exists()

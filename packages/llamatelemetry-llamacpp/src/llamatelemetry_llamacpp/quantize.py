@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from llamatelemetry.artifacts import make_folders, remove_folders
 from llamatelemetry.errors import LlamaTelemetryError
 from llamatelemetry.pipeline import attributes as names
 from llamatelemetry.quantization.stages import QuantizationResult
@@ -398,26 +399,6 @@ def _temp_beside(target: Path, label: str) -> Path:
     return Path(name)
 
 
-def _make_folders(folder: Path) -> list[Path]:
-    """Create ``folder`` and its missing parents; return those created, deepest first (to remove on failure)."""
-    missing: list[Path] = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    if not folder.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
-    for made in reversed(missing):
-        made.mkdir()
-    return missing
-
-
-def _remove_folders(created: list[Path]) -> None:
-    """Remove the folders this stage created (deepest first), where they are empty."""
-    for made in created:
-        with contextlib.suppress(OSError):
-            made.rmdir()
-
-
 def _kept_intermediate_path(target: Path, outtype: str) -> Path:
     """Where a kept export goes: ``<output stem>-<outtype>.gguf`` beside the output (model-q4-f16.gguf)."""
     return target.with_name(f"{target.stem}-{outtype.lower()}.gguf")
@@ -553,11 +534,11 @@ def quantize_gguf(model: Any, output_path: str | os.PathLike[str] | None = None,
             raise FileExistsError(f"{kept} exists (keep_intermediate=True keeps the {outtype.upper()} export there): "
                                   "remove it, choose another output path, or pass overwrite=True.")
         try:
-            created = _make_folders(target.parent)
+            created = make_folders(target.parent)
         except OSError as exc:
             raise QuantizeWriteError(str(target), exc) from exc
     except Exception as exc:
-        _remove_folders(created)
+        remove_folders(created)
         attributes: dict[str, Any] = {names.QUANTIZATION_METHOD: "gguf"}
         if isinstance(quant_type, str) and quant_type.strip():
             attributes[names.QUANTIZATION_TYPE] = quant_type.strip().upper()
@@ -581,7 +562,7 @@ def quantize_gguf(model: Any, output_path: str | os.PathLike[str] | None = None,
     except BaseException:
         if intermediate is not None and kept is None:
             intermediate.unlink(missing_ok=True)
-        _remove_folders(created)  # those it made, where empty: a complete kept export stays, with its folders
+        remove_folders(created)  # those it made, where empty: a complete kept export stays, with its folders
         raise
     if intermediate is not None and kept is None:
         intermediate.unlink(missing_ok=True)

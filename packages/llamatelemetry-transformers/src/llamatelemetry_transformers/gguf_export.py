@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from llamatelemetry.artifacts import make_folders, remove_folders
 from llamatelemetry.pipeline import attributes as names
 from llamatelemetry.quantization.gguf import (
     GGUF_OUTTYPES,
@@ -380,17 +381,6 @@ def _write(source: _Source, target: Path, outtype: str, stage: PipelineStage,
 
 # ------------------------------------------------------------------ the stage
 
-def _make_folders(folder: Path) -> list[Path]:
-    """Create ``folder`` and its missing parents; return those created, deepest first."""
-    missing: list[Path] = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    for made in reversed(missing):
-        made.mkdir(exist_ok=True)
-    return missing
-
-
 def _staging_path(target: Path) -> Path:
     """A temporary name next to ``target`` (same filesystem, so the final rename is atomic)."""
     return target.with_name(f".{target.name}.{os.getpid()}.partial")
@@ -434,7 +424,7 @@ def export_gguf(model: Any, output_path: str | os.PathLike[str] | None = None, *
             context.base_model = source.name
         for path, file_kind in source.files:
             stage.add_input(path, file_kind)
-        created = _make_folders(target.parent)
+        created = make_folders(target.parent)
         staging = _staging_path(target)
         architectures = list(source.config.get("architectures") or [])
         use_script = script is not None and (converter_first or not architectures
@@ -460,9 +450,7 @@ def export_gguf(model: Any, output_path: str | os.PathLike[str] | None = None, *
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 staging.unlink()
-            for made in created:  # folders made for this output go too: a failed export leaves nothing
-                with contextlib.suppress(OSError):
-                    made.rmdir()
+            remove_folders(created)  # folders made for this output go too: a failed export leaves nothing
             raise
         size_before = sum(path.stat().st_size for path, file_kind in source.files if file_kind == "model_weights")
         if folder is None:

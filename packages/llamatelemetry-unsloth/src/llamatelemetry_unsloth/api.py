@@ -12,7 +12,6 @@ no download.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llamatelemetry.artifacts import make_folders, remove_folders
 from llamatelemetry.pipeline import attributes as pnames
 from llamatelemetry_unsloth import semconv as names
 from llamatelemetry_unsloth._deps import import_engine, import_unsloth
@@ -231,17 +231,6 @@ def _check_output(path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def _make_folders(folder: Path) -> list[Path]:
-    """Create ``folder`` and its missing parents; return those created, deepest first (to remove on failure)."""
-    missing: list[Path] = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    for made in reversed(missing):
-        made.mkdir()
-    return missing
-
-
 def _check_quant_type(quant_type: object) -> str:
     """The normalized type, if it has the shape of a GGUF type and a GGUF quantize stage is installed."""
     from llamatelemetry.quantization import find_stage, is_gguf_type
@@ -310,7 +299,7 @@ def export_to_llamatelemetry(model: Any, tokenizer: Any = None, output_path: str
         _fail_in_stage(functools.partial(tracer.span_quantize, **attributes), context, exc)
         raise
     try:
-        created = _make_folders(target.parent)
+        created = make_folders(target.parent)
     except OSError as exc:
         error = OutputPathError(target, f"its folder could not be created ({exc.strerror or exc})")
         _fail_in_stage(tracer.span_export_gguf, context, error)
@@ -326,9 +315,7 @@ def export_to_llamatelemetry(model: Any, tokenizer: Any = None, output_path: str
                                                                       quant_type=kind)
     except BaseException:
         f16.unlink(missing_ok=True)  # ours (an existing one was refused above): nothing half-done stays behind
-        for made in created:  # nor the folders made for the output
-            with contextlib.suppress(OSError):
-                made.rmdir()
+        remove_folders(created)  # nor the folders made for the output
         raise
     if not keep_f16:
         f16.unlink(missing_ok=True)

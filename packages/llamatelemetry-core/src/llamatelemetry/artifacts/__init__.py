@@ -6,7 +6,9 @@ its files (a Kaggle output folder, a release archive) still verifies.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -18,10 +20,37 @@ import attrs
 
 from llamatelemetry.errors import ArtifactVerificationError
 
-__all__ = ["Artifact", "ArtifactManifest", "VerificationReport", "sha256_file", "MANIFEST_SCHEMA_VERSION"]
+__all__ = ["Artifact", "ArtifactManifest", "VerificationReport", "sha256_file", "make_folders", "remove_folders",
+           "MANIFEST_SCHEMA_VERSION"]
 
 MANIFEST_SCHEMA_VERSION = 1
 _CHUNK = 1 << 20
+
+
+def make_folders(folder: str | os.PathLike[str]) -> list[Path]:
+    """Create ``folder`` and its missing parents; return those created, deepest first, for ``remove_folders``.
+
+    A pipeline stage that writes an output calls it before writing and, if the stage fails, hands the
+    list to ``remove_folders`` so that a failed stage leaves no empty folder behind. A file standing
+    where a folder is needed raises ``NotADirectoryError`` naming it, before anything is created.
+    """
+    missing: list[Path] = []
+    current = Path(folder)
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    if not current.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(current))
+    for made in reversed(missing):
+        made.mkdir(exist_ok=True)
+    return missing
+
+
+def remove_folders(created: list[Path]) -> None:
+    """Remove the folders ``make_folders`` created (deepest first), where they are still empty."""
+    for made in created:
+        with contextlib.suppress(OSError):
+            made.rmdir()
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
