@@ -1,4 +1,4 @@
-"""The torch GPU span enricher: registered through the entry point, silent without CUDA, exact with it.
+"""The torch GPU span enricher: its hooks registered once CUDA is in use, silent without CUDA, exact with it.
 
 CUDA cannot run here, so one test drives the enricher with ``FakeCudaModule``, a stand-in for
 ``torch.cuda`` named as such; the ``gpu``-marked test runs the real thing on an NVIDIA GPU.
@@ -50,12 +50,32 @@ def _cuda_attributes(span: Any) -> dict[str, Any]:
     return {k: v for k, v in (span.attributes or {}).items() if k.startswith("llamatelemetry.torch.cuda.")}
 
 
-def test_hooks_come_from_the_plugins_entry_point() -> None:
+def _hook_plugins() -> list[str]:
     pm = get_plugin_manager()
     pm.ensure_loaded()
-    for hook in ("llamatelemetry_request_start", "llamatelemetry_request_end"):
-        plugins = [impl.plugin_name for impl in getattr(pm.pluggy_manager.hook, hook).get_hookimpls()]
-        assert "transformers" in plugins, plugins
+    return [impl.plugin_name for hook in ("llamatelemetry_request_start", "llamatelemetry_request_end")
+            for impl in getattr(pm.pluggy_manager.hook, hook).get_hookimpls()]
+
+
+def test_hooks_are_registered_only_once_cuda_is_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    pm = get_plugin_manager()
+    assert not pm.is_registered(gpu.REQUEST_HOOKS)
+    with InMemoryTelemetry():  # the plugin's telemetry_start looks, and finds no CUDA here
+        assert not gpu.enable_request_hooks()
+        assert "llamatelemetry-transformers.cuda-memory" not in _hook_plugins(), "requests pay no hook call"
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=FakeCudaModule()))
+    try:
+        assert gpu.enable_request_hooks() and gpu.enable_request_hooks(), "registered once, then found registered"
+        assert _hook_plugins().count("llamatelemetry-transformers.cuda-memory") == 2
+        with InMemoryTelemetry() as telemetry:
+            from llamatelemetry.inference.recording import start_generation
+
+            with start_generation(REQUEST, provider="transformers", model="tiny-llama") as generation:
+                generation.finish()
+            attributes = _cuda_attributes(telemetry.span("chat tiny-llama"))
+        assert attributes[names.CUDA_ALLOCATED_BEFORE] == 1000 and attributes[names.CUDA_ALLOCATED_DELTA] == 0
+    finally:
+        pm.unregister(gpu.REQUEST_HOOKS)
 
 
 def test_without_cuda_in_use_it_adds_nothing(tiny_llama_dir: Path) -> None:

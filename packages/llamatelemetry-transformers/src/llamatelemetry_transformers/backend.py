@@ -29,6 +29,7 @@ from llamatelemetry.inference.types import CudaInferenceConfig, SamplingParams
 from llamatelemetry.otel import get_tracer
 from llamatelemetry.semconv import gen_ai
 from llamatelemetry.semconv.mapping import model_display_name
+from llamatelemetry_transformers import gpu
 from llamatelemetry_transformers import semconv as names
 from llamatelemetry_transformers._deps import device_name, dtype_name, import_torch, import_transformers
 from llamatelemetry_transformers.errors import (
@@ -255,9 +256,11 @@ class TransformersBackend:
             pad = getattr(tokenizer, "pad_token_id", None)
         if pad is None and eos:
             pad = min(eos)  # what generate would pick, without its warning
-        return _Loaded(torch=torch, transformers=transformers, model=model, tokenizer=tokenizer,
-                       device=_model_device(model), max_context=self._resolve_max_context(model),
-                       eos_ids=eos, pad_id=None if pad is None else int(pad), owns_model=owns)
+        loaded = _Loaded(torch=torch, transformers=transformers, model=model, tokenizer=tokenizer,
+                         device=_model_device(model), max_context=self._resolve_max_context(model),
+                         eos_ids=eos, pad_id=None if pad is None else int(pad), owns_model=owns)
+        gpu.enable_request_hooks()  # the torch GPU enricher, once the model put CUDA in use
+        return loaded
 
     def _load_from_folder(self, transformers: Any, device: str | None, dtype: Any) -> tuple[Any, Any]:
         path = self.model_path

@@ -1,10 +1,11 @@
 """The torch GPU span enricher: CUDA memory of torch's caching allocator before and after each request.
 
-Registered through the plugin's entry point (hooks ``llamatelemetry_request_start`` and
-``llamatelemetry_request_end``). On a recording span, while CUDA is in use in this process, it
-puts on the request span the current device's allocated, reserved and peak bytes at the start, at
-the end, and the difference. Where torch was never imported or CUDA never initialized it returns
-after a dictionary look-up and a flag check: it never imports torch and never starts CUDA.
+Its hooks (``llamatelemetry_request_start`` and ``llamatelemetry_request_end``, on ``REQUEST_HOOKS``)
+are registered by ``enable_request_hooks`` once CUDA is in use in this process: at telemetry
+start, when ``TransformersBackend`` has loaded its model, and before an instrumented ``generate``
+runs. Until then no request pays a hook call for it. On a recording span it puts on the request
+span the current device's allocated, reserved and peak bytes at the start, at the end, and the
+difference. It never imports torch and never starts CUDA.
 
 The peak is ``torch.cuda.max_memory_allocated``, which ``TransformersBackend`` resets at the start
 of each request: ``peak.after`` is then the request's own peak, and ``peak.delta`` is how far the
@@ -22,12 +23,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from llamatelemetry.plugins import get_plugin_manager, hookimpl
 from llamatelemetry_transformers import semconv as names
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-__all__ = ["CudaMemory", "cuda_in_use", "read_cuda_memory", "on_request_start", "on_request_end"]
+__all__ = ["CudaMemory", "cuda_in_use", "read_cuda_memory", "on_request_start", "on_request_end", "CudaMemoryHooks",
+           "REQUEST_HOOKS", "enable_request_hooks"]
 
 log = logging.getLogger("llamatelemetry.transformers")
 
@@ -114,3 +117,43 @@ def on_request_end(span: Span) -> None:
             names.CUDA_PEAK_DELTA: after.peak - before.allocated,
         })
     span.set_attributes(attributes)
+
+
+class CudaMemoryHooks:
+    """The enricher's request hooks (they declare only the span: the recorder then builds no request for them)."""
+
+    @hookimpl
+    def llamatelemetry_request_start(self, span: Span) -> None:
+        """CUDA memory at the request's start."""
+        on_request_start(span)
+
+    @hookimpl
+    def llamatelemetry_request_end(self, span: Span) -> None:
+        """CUDA memory at the request's end, and the difference from its start."""
+        on_request_end(span)
+
+    def __repr__(self) -> str:
+        return "<CudaMemoryHooks (llamatelemetry-transformers)>"
+
+
+#: The hooks object ``enable_request_hooks`` registers.
+REQUEST_HOOKS: Final = CudaMemoryHooks()
+_REQUEST_HOOKS_NAME: Final = "llamatelemetry-transformers.cuda-memory"
+_registration_lock: Final = threading.Lock()
+
+
+def enable_request_hooks() -> bool:
+    """Register ``REQUEST_HOOKS`` with the plugin manager once CUDA is in use; whether they are registered.
+
+    Cheap when called per generation: a ``sys.modules`` look-up and a flag check until CUDA starts,
+    a registry check after. They stay registered for the process's life (CUDA does too).
+    """
+    if cuda_in_use() is None:
+        return False
+    manager = get_plugin_manager()
+    if manager.is_registered(REQUEST_HOOKS):
+        return True
+    with _registration_lock:
+        if not manager.is_registered(REQUEST_HOOKS):
+            manager.register(REQUEST_HOOKS, name=_REQUEST_HOOKS_NAME)
+    return True

@@ -35,6 +35,7 @@ import attrs
 from llamatelemetry.inference.recording import telemetry_active
 from llamatelemetry.semconv import gen_ai
 from llamatelemetry.semconv import llamatelemetry as core_names
+from llamatelemetry_transformers import gpu
 from llamatelemetry_transformers import semconv as names
 from llamatelemetry_transformers.generation import TokenClock, count_outputs, eos_token_ids, phase_rates, record_phases
 
@@ -409,6 +410,7 @@ def _prompt_texts(facts: _Call, args: tuple[Any, ...], kwargs: Mapping[str, Any]
 def _run_traced(facts: _Call, call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     from llamatelemetry.inference.recording import start_generation
 
+    gpu.enable_request_hooks()  # the torch GPU enricher, once CUDA is in use
     settings = _sampling(facts, kwargs)
     generation = start_generation(
         functools.partial(_hook_request, facts, args, kwargs, settings),

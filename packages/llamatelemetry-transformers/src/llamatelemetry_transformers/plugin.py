@@ -1,18 +1,14 @@
 """Entry point of the transformers plugin: what it registers with llamatelemetry.
 
 Importing this module imports neither torch nor transformers: the records name what to import
-when a user asks for it, and the GPU enricher's hooks only look at ``sys.modules``.
+when a user asks for it. The torch GPU enricher's request hooks are registered only once CUDA is in
+use in the process (``gpu.enable_request_hooks``), so requests elsewhere pay no hook call for it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from llamatelemetry.plugins import BackendSpec, InstrumentorSpec, StageSpec, hookimpl
 from llamatelemetry_transformers import gpu
-
-if TYPE_CHECKING:
-    from opentelemetry.trace import Span
 
 
 @hookimpl
@@ -50,14 +46,7 @@ def llamatelemetry_register_stages() -> list[StageSpec]:
     ]
 
 
-# The enricher's hooks declare only the span: the recorder then builds no request for them on every call.
 @hookimpl
-def llamatelemetry_request_start(span: Span) -> None:
-    """The torch GPU enricher: CUDA memory at the request's start (nothing unless CUDA is in use)."""
-    gpu.on_request_start(span)
-
-
-@hookimpl
-def llamatelemetry_request_end(span: Span) -> None:
-    """The torch GPU enricher: CUDA memory at the request's end, and the difference from its start."""
-    gpu.on_request_end(span)
+def llamatelemetry_telemetry_start() -> None:
+    """The torch GPU enricher's request hooks, when CUDA is already in use (else when a model first runs on it)."""
+    gpu.enable_request_hooks()
