@@ -45,6 +45,10 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from opentelemetry import context as context_api
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
 from llamatelemetry import _runtime
 from llamatelemetry.decorators import error_type, record_error
 from llamatelemetry.inference.base import InferenceRequest, InferenceResult
@@ -161,6 +165,7 @@ class Generation:
 
     __slots__ = (
         "_capture",
+        "_compat",
         "_ended",
         "_hooks",
         "_input_messages",
@@ -183,7 +188,7 @@ class Generation:
     def __init__(self, span: Span, *, operation: str, kind: str, stream: bool, server_side: bool,
                  metric_attributes: dict[str, Any], capture: CaptureMode, request: InferenceRequest | None,
                  input_messages: Sequence[Mapping[str, Any]] | None, started: float, hooks: bool = False,
-                 wants_result: bool = False) -> None:
+                 wants_result: bool = False, compat: frozenset[str] = frozenset()) -> None:
         #: The generation's span (make child spans under it with ``use()``).
         self.span = span
         self.operation = operation
@@ -202,6 +207,8 @@ class Generation:
         self._hooks = hooks
         self._wants_result = wants_result
         self._input_messages = input_messages
+        #: The semantic-convention compatibility copies asked for (``init(semconv_compat=...)``).
+        self._compat = compat
         self._ended = False
         self._scopes: list[_Current] = []
         #: The open phase span and its phase (``None``: no phase spans for this generation, or all ended).
@@ -293,8 +300,6 @@ class Generation:
             _telemetry_failed("recording a generation's phases")
 
     def _open_phase(self, phase: str, start_time_ns: int | None) -> None:
-        from opentelemetry import trace
-
         self._phase_span = _runtime.get_tracer().start_span(
             phase_span_name(self._provider, phase), context=trace.set_span_in_context(self.span),
             attributes={names.PHASE: phase}, start_time=start_time_ns)
@@ -396,7 +401,7 @@ class Generation:
             if extra:
                 attributes.update(extra)
             if attributes:
-                span.set_attributes(with_compat(attributes))
+                span.set_attributes(with_compat(attributes, self._compat))
             capture = self._capture
             if (result is not None and capture_content and capture is not CaptureMode.NO_CONTENT
                     and self.operation != gen_ai.OPERATION_EMBEDDINGS):
@@ -486,17 +491,12 @@ class _Current:
         self._generation = generation
 
     def __enter__(self) -> Generation:
-        from opentelemetry import context as context_api
-        from opentelemetry import trace
-
         generation = self._generation
         self._token = _current.set(generation)
         self._attached = context_api.attach(trace.set_span_in_context(generation.span))
         return generation
 
     def __exit__(self, *exc_info: object) -> None:
-        from opentelemetry import context as context_api
-
         context_api.detach(self._attached)
         _current.reset(self._token)
 
@@ -513,6 +513,7 @@ class _InactiveGeneration(Generation):
         self._hooks = False
         self._wants_result = False
         self._capture = CaptureMode.NO_CONTENT
+        self._compat = frozenset()
         self.operation = gen_ai.OPERATION_CHAT
         self.kind = "internal"
         self.stream = False
@@ -529,9 +530,7 @@ class _InactiveGeneration(Generation):
 
     @property
     def span(self) -> Span:  # type: ignore[override]
-        from opentelemetry.trace import INVALID_SPAN
-
-        return INVALID_SPAN
+        return trace.INVALID_SPAN
 
     @property
     def needs_text(self) -> bool:
@@ -629,8 +628,6 @@ def _start(source: RequestSource, provider: str, operation: str | None, model: s
            sampling: Mapping[str, Any] | None, extra: Mapping[str, Any] | None,
            input_messages: Sequence[Mapping[str, Any]] | None,
            server_side: bool | None, start_time_ns: int | None, phases: bool | None) -> Generation:
-    from opentelemetry.trace import SpanKind
-
     known = source if isinstance(source, InferenceRequest) else None
     op = operation or (known.operation if known is not None else gen_ai.OPERATION_CHAT)
     start_attributes = request_attributes(known, operation=op, provider=provider, model=model,
@@ -644,7 +641,10 @@ def _start(source: RequestSource, provider: str, operation: str | None, model: s
         start_attributes[gen_ai.GEN_AI_REQUEST_STREAM] = True
     metric_attributes: dict[str, Any] = {key: start_attributes[key] for key in _METRIC_KEYS if key in start_attributes}
     telemetry = _runtime.current()
-    capture = telemetry.capture_content if telemetry is not None else CaptureMode.NO_CONTENT
+    if telemetry is not None:
+        capture, compat = telemetry.capture_content, telemetry.settings.semconv_compat
+    else:
+        capture, compat = CaptureMode.NO_CONTENT, frozenset()
     pm = get_plugin_manager()
     needs = pm.request_hook_needs()
     request: InferenceRequest | None = None
@@ -662,13 +662,14 @@ def _start(source: RequestSource, provider: str, operation: str | None, model: s
     span = _runtime.get_tracer().start_span(
         span_name(op, start_attributes.get(gen_ai.GEN_AI_REQUEST_MODEL)),
         kind=SpanKind.CLIENT if kind == "client" else SpanKind.INTERNAL,
-        attributes=with_compat(start_attributes), start_time=start_time_ns,
+        attributes=with_compat(start_attributes, compat), start_time=start_time_ns,
     )
     generation = Generation(
         span, operation=op, kind=kind, stream=streaming,
         server_side=server_side if server_side is not None else kind != "client",
         metric_attributes=metric_attributes, capture=capture, request=request,
         input_messages=messages, started=time.perf_counter(), hooks=hooks, wants_result=hooks and needs.result,
+        compat=compat,
     )
     if hooks:
         pm.request_start(span, request)
