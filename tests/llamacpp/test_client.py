@@ -243,6 +243,31 @@ def test_stream_without_telemetry_still_measures(client: LlamaCppClient) -> None
     assert result.ttft_ms is not None and result.total_ms is not None and result.ttft_ms <= result.total_ms
 
 
+def test_the_server_closes_each_streamed_connection(llama_server: Any) -> None:
+    """The fact the client's one-time resend rests on (docs/llamacpp-client.md, "Settings").
+
+    llama.cpp's server keeps a connection alive after a JSON answer but closes it after every
+    streamed one, so a pool that reuses it before the close arrives meets "Server disconnected
+    without sending a response". If a llama.cpp update keeps streamed connections open, this
+    fails: the docs' sentence (and the resend's reason) should then be revisited.
+    """
+    import httpx
+
+    def local_port(response: httpx.Response) -> int:
+        return int(response.extensions["network_stream"].get_extra_info("socket").getsockname()[1])
+
+    body = {"messages": HELLO, "max_tokens": 2, "temperature": 0.0}
+    with httpx.Client(base_url=llama_server.base_url, timeout=60) as http:
+        ports: dict[bool, list[int]] = {False: [], True: []}
+        for stream in (False, False, True, True, True):
+            with http.stream("POST", "/v1/chat/completions", json={**body, "stream": stream}) as response:
+                ports[stream].append(local_port(response))
+                response.read()
+                time.sleep(0.05)  # the server's close arrives before the next request: no race here
+    assert len(set(ports[False])) == 1, "JSON answers keep the connection"
+    assert len(set(ports[True])) == 3, "every streamed answer closes it"
+
+
 # ----------------------------------------------------------------------------------- native completion
 
 

@@ -349,3 +349,92 @@ def test_async_truncated_stream(stand_in: str, telemetry: InMemoryTelemetry) -> 
 
     asyncio.run(main(lambda: pytest.raises(StreamProtocolError, match="ended without")))
     assert _error_span(telemetry).attributes[gen_ai.ERROR_TYPE] == _error_type(StreamProtocolError)
+
+
+class _HangUpServer:
+    """A stand-in for llama.cpp's server at the moment it closes a kept-alive connection (named as such).
+
+    Answers each request with a small chat completion and keeps the connection open, except the
+    requests whose number (counted from 1, across connections) is in ``hang_up``: those are read,
+    then the connection is closed without an answer, as a server that had already closed its end.
+    """
+
+    BODY = json.dumps({"id": "chatcmpl-standin", "object": "chat.completion", "model": "/models/standin.gguf",
+                       "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"},
+                                    "finish_reason": "stop"}],
+                       "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}).encode()
+
+    def __init__(self, hang_up: set[int]) -> None:
+        self.hang_up = hang_up
+        self.requests = 0
+        self.connections = 0
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                return  # closed
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(connection,), daemon=True).start()
+
+    def _handle(self, connection: socket.socket) -> None:
+        with connection, connection.makefile("rb") as reader:
+            while True:
+                head = [reader.readline()]
+                while head[-1] not in (b"\r\n", b""):
+                    head.append(reader.readline())
+                if head[-1] == b"":
+                    return  # the client closed
+                length = next((int(line.split(b":")[1]) for line in head if line.lower().startswith(b"content-length")),
+                              0)
+                reader.read(length)
+                self.requests += 1
+                if self.requests in self.hang_up:
+                    connection.shutdown(socket.SHUT_RDWR)
+                    return
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                                   + str(len(self.BODY)).encode() + b"\r\n\r\n" + self.BODY)
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+def test_a_request_the_server_hung_up_on_is_sent_again_once(telemetry: InMemoryTelemetry) -> None:
+    """A kept-alive connection closed before any answer: resent at once on a new one, even with retries=0."""
+    server = _HangUpServer(hang_up={2})
+    try:
+        with LlamaCppClient(server.url, retries=0, model="m") as client:
+            first = client.chat.create(messages=HELLO, max_tokens=4)
+            second = client.chat.create(messages=HELLO, max_tokens=4)  # the server hangs up on its first send
+
+        async def main() -> str:
+            async with AsyncLlamaCppClient(server.url, retries=0, model="m") as client:
+                await client.chat.create(messages=HELLO, max_tokens=4)
+                server.hang_up.add(server.requests + 1)
+                return (await client.chat.create(messages=HELLO, max_tokens=4)).text
+
+        third = asyncio.run(main())
+    finally:
+        server.close()
+    assert first.text == second.text == third == "Hi"
+    assert server.requests == 6 and server.connections == 4, "each hang-up cost one resend on a new connection"
+    spans = [s for s in telemetry.spans() if s.name == "chat m"]
+    assert len(spans) == 4 and all(s.status.is_ok for s in spans), "a resent request is one call, not a failure"
+
+
+def test_a_second_hang_up_is_an_error(telemetry: InMemoryTelemetry) -> None:
+    """The resend happens once: a server that hangs up again gives ServerUnavailableError."""
+    server = _HangUpServer(hang_up={2, 3})
+    try:
+        with LlamaCppClient(server.url, retries=2, model="m") as client:
+            client.chat.create(messages=HELLO, max_tokens=4)
+            with pytest.raises(ServerUnavailableError, match="RemoteProtocolError"):
+                client.chat.create(messages=HELLO, max_tokens=4)
+    finally:
+        server.close()
+    assert server.requests == 3, "one resend, no more (a request that reached the server is never resent again)"

@@ -138,6 +138,13 @@ class Transport:
 
     def _after_transport_error(self, exc: httpx.TransportError, request: HttpRequest, attempt: int) -> float:
         """The wait before the next attempt; raises the mapped error when there is none."""
+        if attempt == 0 and isinstance(exc, httpx.RemoteProtocolError):
+            # The connection closed before any answer: llama.cpp's server closes its end after every
+            # streamed response, and a pooled connection reused before that close arrives fails this way
+            # (httpx: "Server disconnected without sending a response"): the request went into a socket
+            # the server had already closed. It is sent once more at once, on a new connection, whatever
+            # ``retries`` says (a server that died meanwhile refuses that connection: the error follows).
+            return 0.0
         # Only failures before the request reached the server: resending cannot run a generation twice.
         if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) and attempt < self._attempts(request):
             return self._delay(attempt)
