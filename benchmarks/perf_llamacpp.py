@@ -83,7 +83,7 @@ def in_process(model: Path, pairs: int, label: str) -> list[tuple[str, str]]:
     request = InferenceRequest(messages=[{"role": "user", "content": "hello world"}], max_tokens=32,
                                sampling=SamplingParams(temperature=0.0, seed=1))
     rows: list[tuple[str, str]] = []
-    backend = LlamaCppBackend(model, n_ctx=512, n_threads=2)
+    backend = LlamaCppBackend(model, n_ctx=512, n_threads=1)
     with InferenceEngine(backend) as engine:
         def bare() -> Any:
             return engine.generate(request)
@@ -99,7 +99,7 @@ def in_process(model: Path, pairs: int, label: str) -> list[tuple[str, str]]:
 
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(model), n_ctx=512, n_threads=2, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(model), n_ctx=512, n_threads=1, verbose=False)
     try:
         _telemetry(llamatelemetry)
 
@@ -130,7 +130,7 @@ def server(model: Path, pairs: int, label: str) -> tuple[str, str]:
 
     body = {"messages": [{"role": "user", "content": "hello world"}], "max_tokens": 16, "temperature": 0.0}
     with ServerManager() as manager:
-        manager.start_server(model, gpu_layers=0, ctx_size=512, port=None, threads=2)
+        manager.start_server(model, gpu_layers=0, ctx_size=512, port=None, threads=1)
         plain_http = httpx.Client(base_url=manager.base_url, timeout=120)
         client = LlamaCppClient(manager.base_url, timeout=120)
         _telemetry(llamatelemetry)
