@@ -356,7 +356,8 @@ class _HangUpServer:
 
     Answers each request with a small chat completion and keeps the connection open, except the
     requests whose number (counted from 1, across connections) is in ``hang_up``: those are read,
-    then the connection is closed without an answer, as a server that had already closed its end.
+    then the connection is closed without an answer, as a server that had already closed its end;
+    and those in ``cut``, whose answer stops after its first bytes.
     """
 
     BODY = json.dumps({"id": "chatcmpl-standin", "object": "chat.completion", "model": "/models/standin.gguf",
@@ -364,8 +365,10 @@ class _HangUpServer:
                                     "finish_reason": "stop"}],
                        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}).encode()
 
-    def __init__(self, hang_up: set[int]) -> None:
+    def __init__(self, hang_up: set[int], cut: frozenset[int] = frozenset()) -> None:
         self.hang_up = hang_up
+        #: Requests answered with half a body before the close (the answer had begun: never resent).
+        self.cut = cut
         self.requests = 0
         self.connections = 0
         self._socket = socket.create_server(("127.0.0.1", 0))
@@ -395,6 +398,11 @@ class _HangUpServer:
                 reader.read(length)
                 self.requests += 1
                 if self.requests in self.hang_up:
+                    connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if self.requests in self.cut:
+                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                                       + str(len(self.BODY)).encode() + b"\r\n\r\n" + self.BODY[:10])
                     connection.shutdown(socket.SHUT_RDWR)
                     return
                 connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
@@ -438,3 +446,15 @@ def test_a_second_hang_up_is_an_error(telemetry: InMemoryTelemetry) -> None:
     finally:
         server.close()
     assert server.requests == 3, "one resend, no more (a request that reached the server is never resent again)"
+
+
+def test_an_answer_broken_off_is_not_sent_again(telemetry: InMemoryTelemetry) -> None:
+    """A connection that broke after the answer began: the request may have run, so it is never resent."""
+    server = _HangUpServer(hang_up=set(), cut=frozenset({1}))
+    try:
+        with LlamaCppClient(server.url, retries=2, model="m") as client, \
+                pytest.raises(ServerUnavailableError, match="RemoteProtocolError"):
+            client.chat.create(messages=HELLO, max_tokens=4)
+    finally:
+        server.close()
+    assert server.requests == 1

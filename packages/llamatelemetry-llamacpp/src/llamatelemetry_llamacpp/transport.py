@@ -138,12 +138,12 @@ class Transport:
 
     def _after_transport_error(self, exc: httpx.TransportError, request: HttpRequest, attempt: int) -> float:
         """The wait before the next attempt; raises the mapped error when there is none."""
-        if attempt == 0 and isinstance(exc, httpx.RemoteProtocolError):
+        if attempt == 0 and _closed_before_answering(exc):
             # The connection closed before any answer: llama.cpp's server closes its end after every
-            # streamed response, and a pooled connection reused before that close arrives fails this way
-            # (httpx: "Server disconnected without sending a response"): the request went into a socket
-            # the server had already closed. It is sent once more at once, on a new connection, whatever
-            # ``retries`` says (a server that died meanwhile refuses that connection: the error follows).
+            # streamed response, and a pooled connection reused before that close arrives fails this way:
+            # the request went into a socket the server had already closed. It is sent once more at once,
+            # on a new connection, whatever ``retries`` says (a server that died meanwhile refuses that
+            # connection: the error follows). A connection that broke after the answer began is not resent.
             return 0.0
         # Only failures before the request reached the server: resending cannot run a generation twice.
         if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) and attempt < self._attempts(request):
@@ -211,6 +211,16 @@ class Transport:
             return StreamProtocolError(self.endpoint.display_url, path,
                                        f"the connection broke mid-stream ({type(exc).__name__}: {exc})")
         return exc
+
+
+def _closed_before_answering(exc: httpx.TransportError) -> bool:
+    """Whether the server closed the connection before sending any byte of its answer.
+
+    httpcore raises ``RemoteProtocolError("Server disconnected without sending a response.")``
+    exactly then (end of stream while the response has not begun); a break in the middle of an
+    answer says something else and is not matched.
+    """
+    return isinstance(exc, httpx.RemoteProtocolError) and "without sending a response" in str(exc)
 
 
 class SyncTransport(Transport):
