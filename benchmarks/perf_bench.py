@@ -51,22 +51,14 @@ async def _bare_load(url: str) -> int:
         async def stream_worker() -> None:
             nonlocal chunks
             for index in work:
-                for attempt in (0, 1):
-                    answered = False
-                    try:
-                        async with client.stream("POST", "/v1/chat/completions",
-                                                 json={**payload, "seed": index}) as response:
-                            answered = True
-                            async for line in response.aiter_lines():
-                                if line.startswith("data:") and line[5:].strip() != "[DONE]":
-                                    json.loads(line[5:])
-                                    chunks += 1
-                        break
-                    except httpx.RemoteProtocolError:
-                        # llama.cpp's server closes each streamed connection; one reused before that close
-                        # arrived fails unanswered and is sent again once, as LlamaCppClient does.
-                        if attempt or answered:
-                            raise
+                # Connection: close, as LlamaCppClient sends it: llama.cpp's server closes each streamed
+                # connection anyway, and one reused before that close arrived would fail the request.
+                async with client.stream("POST", "/v1/chat/completions", json={**payload, "seed": index},
+                                         headers={"Connection": "close"}) as response:
+                    async for line in response.aiter_lines():
+                        if line.startswith("data:") and line[5:].strip() != "[DONE]":
+                            json.loads(line[5:])
+                            chunks += 1
 
         await asyncio.gather(*(stream_worker() for _ in range(CONCURRENCY)))
     return chunks

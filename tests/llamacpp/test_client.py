@@ -244,12 +244,12 @@ def test_stream_without_telemetry_still_measures(client: LlamaCppClient) -> None
 
 
 def test_the_server_closes_each_streamed_connection(llama_server: Any) -> None:
-    """The fact the client's one-time resend rests on (docs/llamacpp-client.md, "Settings").
+    """Why streamed requests say Connection: close (docs/llamacpp-client.md, "Settings").
 
     llama.cpp's server keeps a connection alive after a JSON answer but closes it after every
-    streamed one, so a pool that reuses it before the close arrives meets "Server disconnected
-    without sending a response". If a llama.cpp update keeps streamed connections open, this
-    fails: the docs' sentence (and the resend's reason) should then be revisited.
+    streamed one, so a pool that reuses it before the close arrives fails the next request. If a
+    llama.cpp update keeps streamed connections open, this fails: the header (a new connection per
+    stream) and the docs' sentence should then be revisited.
     """
     import httpx
 

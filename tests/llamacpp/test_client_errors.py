@@ -351,30 +351,32 @@ def test_async_truncated_stream(stand_in: str, telemetry: InMemoryTelemetry) -> 
     assert _error_span(telemetry).attributes[gen_ai.ERROR_TYPE] == _error_type(StreamProtocolError)
 
 
-class _HangUpServer:
-    """A stand-in for llama.cpp's server at the moment it closes a kept-alive connection (named as such).
+class _RawServer:
+    """A raw-socket stand-in for llama.cpp's server (named as such), for what only timing can produce.
 
-    Answers each request with a small chat completion and keeps the connection open, except the
-    requests whose number (counted from 1, across connections) is in ``hang_up``: those are read,
-    then the connection is closed without an answer, as a server that had already closed its end;
-    and those in ``cut``, whose answer stops after its first bytes.
+    JSON requests get a small chat completion on a kept-alive connection. Streamed requests get a
+    short event stream, after which the connection is closed without a ``Connection: close``
+    header, as llama.cpp's server does. Requests whose number (from 1, across connections) is in
+    ``hang_up`` are read and then answered with nothing but a close; those in ``cut`` get the first
+    bytes of their answer, then a close. It notes each request's ``Connection`` header.
     """
 
     BODY = json.dumps({"id": "chatcmpl-standin", "object": "chat.completion", "model": "/models/standin.gguf",
                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"},
                                     "finish_reason": "stop"}],
                        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}).encode()
+    STREAM = _event("Hi") + _event(finish="stop") + b"data: [DONE]\n\n"
 
-    def __init__(self, hang_up: set[int], cut: frozenset[int] = frozenset()) -> None:
-        self.hang_up = hang_up
-        #: Requests answered with half a body before the close (the answer had begun: never resent).
-        self.cut = cut
+    def __init__(self, hang_up: frozenset[int] = frozenset(), cut: frozenset[int] = frozenset()) -> None:
+        self.hang_up, self.cut = hang_up, cut
         self.requests = 0
         self.connections = 0
+        #: Each request's Connection header (lower case; "" when absent), in arrival order.
+        self.connection_headers: list[str] = []
+        self._lock = threading.Lock()
         self._socket = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
         while True:
@@ -382,7 +384,8 @@ class _HangUpServer:
                 connection, _ = self._socket.accept()
             except OSError:
                 return  # closed
-            self.connections += 1
+            with self._lock:
+                self.connections += 1
             threading.Thread(target=self._handle, args=(connection,), daemon=True).start()
 
     def _handle(self, connection: socket.socket) -> None:
@@ -393,51 +396,63 @@ class _HangUpServer:
                     head.append(reader.readline())
                 if head[-1] == b"":
                     return  # the client closed
-                length = next((int(line.split(b":")[1]) for line in head if line.lower().startswith(b"content-length")),
-                              0)
-                reader.read(length)
-                self.requests += 1
-                if self.requests in self.hang_up:
+                fields = {k.strip().lower(): v.strip() for k, _, v in
+                          (line.decode().partition(":") for line in head[1:-1])}
+                body = json.loads(reader.read(int(fields.get("content-length", "0"))) or b"{}")
+                with self._lock:
+                    self.requests += 1
+                    number = self.requests
+                    self.connection_headers.append(fields.get("connection", "").lower())
+                if number in self.hang_up:
                     connection.shutdown(socket.SHUT_RDWR)
                     return
-                if self.requests in self.cut:
-                    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                                       + str(len(self.BODY)).encode() + b"\r\n\r\n" + self.BODY[:10])
+                streamed = bool(body.get("stream"))
+                content = self.STREAM if streamed else self.BODY
+                answer = (b"HTTP/1.1 200 OK\r\nContent-Type: " + (b"text/event-stream" if streamed else
+                                                                   b"application/json")
+                          + b"\r\nContent-Length: " + str(len(content)).encode() + b"\r\n\r\n" + content)
+                if number in self.cut:
+                    connection.sendall(answer[:-len(content) + 10])
                     connection.shutdown(socket.SHUT_RDWR)
                     return
-                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                                   + str(len(self.BODY)).encode() + b"\r\n\r\n" + self.BODY)
+                connection.sendall(answer)
+                if streamed:
+                    return  # llama.cpp's server closes after a streamed answer, without saying so
 
     def close(self) -> None:
         self._socket.close()
 
 
-def test_a_request_the_server_hung_up_on_is_sent_again_once(telemetry: InMemoryTelemetry) -> None:
-    """A kept-alive connection closed before any answer: resent at once on a new one, even with retries=0."""
-    server = _HangUpServer(hang_up={2})
+def test_back_to_back_streams_never_meet_a_closing_connection(telemetry: InMemoryTelemetry) -> None:
+    """Streamed requests say Connection: close, so none is sent into a connection the server is closing."""
+    server = _RawServer()
     try:
         with LlamaCppClient(server.url, retries=0, model="m") as client:
-            first = client.chat.create(messages=HELLO, max_tokens=4)
-            second = client.chat.create(messages=HELLO, max_tokens=4)  # the server hangs up on its first send
+            for _ in range(3):
+                assert client.chat.create(messages=HELLO, max_tokens=4).text == "Hi"
+            for _ in range(200):
+                with client.chat.create(messages=HELLO, max_tokens=4, stream=True) as stream:
+                    assert "".join(c.delta_text for c in stream) == "Hi"
 
-        async def main() -> str:
+        async def main() -> None:
             async with AsyncLlamaCppClient(server.url, retries=0, model="m") as client:
-                await client.chat.create(messages=HELLO, max_tokens=4)
-                server.hang_up.add(server.requests + 1)
-                return (await client.chat.create(messages=HELLO, max_tokens=4)).text
+                for _ in range(100):
+                    stream = await client.chat.create(messages=HELLO, max_tokens=4, stream=True)
+                    assert "".join([c.delta_text async for c in stream]) == "Hi"
 
-        third = asyncio.run(main())
+        asyncio.run(main())
     finally:
         server.close()
-    assert first.text == second.text == third == "Hi"
-    assert server.requests == 6 and server.connections == 4, "each hang-up cost one resend on a new connection"
-    spans = [s for s in telemetry.spans() if s.name == "chat m"]
-    assert len(spans) == 4 and all(s.status.is_ok for s in spans), "a resent request is one call, not a failure"
+    assert server.connection_headers[:3] == ["keep-alive"] * 3, "JSON requests keep their connection"
+    assert server.connection_headers[3:] == ["close"] * 300
+    # The JSON calls' connection carries the first stream; every other stream has its own.
+    assert server.requests == 303 and server.connections == 300
+    assert all(s.status.is_ok for s in telemetry.spans())
 
 
-def test_a_second_hang_up_is_an_error(telemetry: InMemoryTelemetry) -> None:
-    """The resend happens once: a server that hangs up again gives ServerUnavailableError."""
-    server = _HangUpServer(hang_up={2, 3})
+def test_a_server_that_hangs_up_before_answering_is_not_resent(telemetry: InMemoryTelemetry) -> None:
+    """The request reached the server (it may have run): ServerUnavailableError, whatever retries says."""
+    server = _RawServer(hang_up=frozenset({2}))
     try:
         with LlamaCppClient(server.url, retries=2, model="m") as client:
             client.chat.create(messages=HELLO, max_tokens=4)
@@ -445,12 +460,12 @@ def test_a_second_hang_up_is_an_error(telemetry: InMemoryTelemetry) -> None:
                 client.chat.create(messages=HELLO, max_tokens=4)
     finally:
         server.close()
-    assert server.requests == 3, "one resend, no more (a request that reached the server is never resent again)"
+    assert server.requests == 2
 
 
 def test_an_answer_broken_off_is_not_sent_again(telemetry: InMemoryTelemetry) -> None:
-    """A connection that broke after the answer began: the request may have run, so it is never resent."""
-    server = _HangUpServer(hang_up=set(), cut=frozenset({1}))
+    """A connection that broke after the answer began: the request ran, so it is never resent."""
+    server = _RawServer(cut=frozenset({1}))
     try:
         with LlamaCppClient(server.url, retries=2, model="m") as client, \
                 pytest.raises(ServerUnavailableError, match="RemoteProtocolError"):

@@ -204,8 +204,7 @@ class LlamaCppLoadDriver:
         from llamatelemetry_llamacpp.client import AsyncLlamaCppClient
 
         assert self.url is not None
-        # retries=0: a resent request would hide a failure and distort its latency (only a request sent into a
-        # connection the server had already closed is sent again, at once: it never reached it). Each request carries
+        # retries=0: a resent request would hide a failure and distort its latency. Each request carries
         # its span's trace context (traceparent), so a tracing server's spans join the benchmark's trace.
         return AsyncLlamaCppClient(self.url, api_key=self.context.config.api_key,
                                    timeout=self.context.config.timeout_s, retries=0,

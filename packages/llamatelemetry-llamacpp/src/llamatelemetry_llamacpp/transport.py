@@ -84,7 +84,8 @@ class HttpRequest:
     path: str
     #: The JSON body (``None``: no body).
     payload: Any = attrs.field(default=None, repr=False)
-    #: Return as soon as the headers arrived, for reading the body as a stream.
+    #: Return as soon as the headers arrived, for reading the body as a stream (an event stream: the
+    #: request says ``Connection: close``, as llama.cpp's server closes it after the stream anyway).
     stream: bool = False
     #: Retries after a connection failure or a 503 (model loading).
     retries: int | None = None
@@ -122,10 +123,14 @@ class Transport:
 
     def _build(self, client: httpx.Client | httpx.AsyncClient, request: HttpRequest) -> httpx.Request:
         limit = httpx.Timeout(request.timeout) if request.timeout is not None else httpx.USE_CLIENT_DEFAULT
-        headers: dict[str, str] | None = None
+        headers: dict[str, str] = {}
+        if request.stream:
+            # llama.cpp's server closes the connection after every streamed response. Saying so up front
+            # keeps the pool from reusing it: reused before that close arrived, it failed the next request
+            # ("Server disconnected without sending a response", or a reset) after the server never saw it.
+            headers["Connection"] = "close"
         if self.propagate:
             # The context current now: the call's span while a call is recorded (each retry re-injects it).
-            headers = {}
             _propagate.inject(headers)
         return client.build_request(request.method, request.path, json=request.payload, timeout=limit,
                                     headers=headers or None)
@@ -138,13 +143,6 @@ class Transport:
 
     def _after_transport_error(self, exc: httpx.TransportError, request: HttpRequest, attempt: int) -> float:
         """The wait before the next attempt; raises the mapped error when there is none."""
-        if attempt == 0 and _closed_before_answering(exc):
-            # The connection closed before any answer: llama.cpp's server closes its end after every
-            # streamed response, and a pooled connection reused before that close arrives fails this way:
-            # the request went into a socket the server had already closed. It is sent once more at once,
-            # on a new connection, whatever ``retries`` says (a server that died meanwhile refuses that
-            # connection: the error follows). A connection that broke after the answer began is not resent.
-            return 0.0
         # Only failures before the request reached the server: resending cannot run a generation twice.
         if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) and attempt < self._attempts(request):
             return self._delay(attempt)
@@ -211,16 +209,6 @@ class Transport:
             return StreamProtocolError(self.endpoint.display_url, path,
                                        f"the connection broke mid-stream ({type(exc).__name__}: {exc})")
         return exc
-
-
-def _closed_before_answering(exc: httpx.TransportError) -> bool:
-    """Whether the server closed the connection before sending any byte of its answer.
-
-    httpcore raises ``RemoteProtocolError("Server disconnected without sending a response.")``
-    exactly then (end of stream while the response has not begun); a break in the middle of an
-    answer says something else and is not matched.
-    """
-    return isinstance(exc, httpx.RemoteProtocolError) and "without sending a response" in str(exc)
 
 
 class SyncTransport(Transport):
