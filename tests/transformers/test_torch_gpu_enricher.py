@@ -7,6 +7,7 @@ CUDA cannot run here, so one test drives the enricher with ``FakeCudaModule``, a
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -50,6 +51,9 @@ def _cuda_attributes(span: Any) -> dict[str, Any]:
     return {k: v for k, v in (span.attributes or {}).items() if k.startswith("llamatelemetry.torch.cuda.")}
 
 
+HOOKS_NAME = "llamatelemetry-transformers.cuda-memory"
+
+
 def _hook_plugins() -> list[str]:
     pm = get_plugin_manager()
     pm.ensure_loaded()
@@ -57,25 +61,86 @@ def _hook_plugins() -> list[str]:
             for impl in getattr(pm.pluggy_manager.hook, hook).get_hookimpls()]
 
 
-def test_hooks_are_registered_only_once_cuda_is_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
-    pm = get_plugin_manager()
-    assert not pm.is_registered(gpu.REQUEST_HOOKS)
-    with InMemoryTelemetry():  # the plugin's telemetry_start looks, and finds no CUDA here
-        assert not gpu.enable_request_hooks()
-        assert "llamatelemetry-transformers.cuda-memory" not in _hook_plugins(), "requests pay no hook call"
-    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=FakeCudaModule()))
-    try:
-        assert gpu.enable_request_hooks() and gpu.enable_request_hooks(), "registered once, then found registered"
-        assert _hook_plugins().count("llamatelemetry-transformers.cuda-memory") == 2
-        with InMemoryTelemetry() as telemetry:
-            from llamatelemetry.inference.recording import start_generation
+@pytest.fixture
+def hooks_out() -> Iterator[None]:
+    """The enricher's hooks unregistered before and after the test (they stay for a process's life)."""
 
-            with start_generation(REQUEST, provider="transformers", model="tiny-llama") as generation:
-                generation.finish()
-            attributes = _cuda_attributes(telemetry.span("chat tiny-llama"))
-        assert attributes[names.CUDA_ALLOCATED_BEFORE] == 1000 and attributes[names.CUDA_ALLOCATED_DELTA] == 0
-    finally:
-        pm.unregister(gpu.REQUEST_HOOKS)
+    def unregister() -> None:
+        pm = get_plugin_manager()
+        if pm.is_registered(gpu.REQUEST_HOOKS):
+            pm.unregister(gpu.REQUEST_HOOKS)
+
+    unregister()
+    yield
+    unregister()
+
+
+def _no_cuda_torch() -> SimpleNamespace:
+    """A fake ``torch`` (named as such) whose CUDA was never initialized, whatever the machine has."""
+    return SimpleNamespace(cuda=SimpleNamespace(is_initialized=lambda: False))
+
+
+@pytest.mark.usefixtures("hooks_out")
+def test_without_cuda_the_hooks_stay_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", _no_cuda_torch())
+    with InMemoryTelemetry():  # the plugin's telemetry_start looks, and finds no CUDA
+        assert not gpu.enable_request_hooks()
+        assert HOOKS_NAME not in _hook_plugins(), "requests pay no hook call"
+
+
+@pytest.mark.usefixtures("hooks_out")
+def test_cuda_in_use_at_telemetry_start_registers_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=FakeCudaModule()))
+    with InMemoryTelemetry() as telemetry:  # registered by the plugin's own llamatelemetry_telemetry_start
+        assert _hook_plugins().count(HOOKS_NAME) == 2
+        assert gpu.enable_request_hooks(), "found registered"
+        from llamatelemetry.inference.recording import start_generation
+
+        with start_generation(REQUEST, provider="transformers", model="tiny-llama") as generation:
+            generation.finish()
+        attributes = _cuda_attributes(telemetry.span("chat tiny-llama"))
+    assert attributes[names.CUDA_ALLOCATED_BEFORE] == 1000 and attributes[names.CUDA_ALLOCATED_DELTA] == 0
+
+
+@pytest.mark.usefixtures("hooks_out")
+def test_a_blocked_plugin_keeps_its_hooks_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llamatelemetry.testing import fresh_plugin_manager
+
+    monkeypatch.setenv("LLAMATELEMETRY_DISABLE_PLUGINS", "transformers")
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=FakeCudaModule()))
+    with fresh_plugin_manager(load_entry_points=True) as pm:
+        assert not gpu.enable_request_hooks()
+        assert not pm.is_registered(gpu.REQUEST_HOOKS)
+
+
+@pytest.mark.usefixtures("hooks_out")
+def test_the_backend_registers_them_at_load(tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA put in use by the model load (stood in for by FakeCudaModule): the backend registers the hooks."""
+    with InMemoryTelemetry():
+        backend = TransformersBackend(tiny_llama_dir, device="cpu")
+        monkeypatch.setattr(gpu, "cuda_in_use", lambda: FakeCudaModule())
+        assert HOOKS_NAME not in _hook_plugins()
+        with InferenceEngine(backend):
+            assert _hook_plugins().count(HOOKS_NAME) == 2
+
+
+@pytest.mark.usefixtures("hooks_out")
+def test_an_instrumented_generate_registers_them(tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers
+
+    from llamatelemetry_transformers.instrument import instrument_transformers, uninstrument_transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_llama_dir)
+    with InMemoryTelemetry():
+        instrument_transformers(model, tokenizer)
+        try:
+            monkeypatch.setattr(gpu, "cuda_in_use", lambda: FakeCudaModule())
+            assert HOOKS_NAME not in _hook_plugins()
+            model.generate(**tokenizer("hello", return_tensors="pt"), max_new_tokens=2, do_sample=False)
+            assert _hook_plugins().count(HOOKS_NAME) == 2
+        finally:
+            uninstrument_transformers(model)
 
 
 def test_without_cuda_in_use_it_adds_nothing(tiny_llama_dir: Path) -> None:

@@ -316,6 +316,7 @@ class TransformersBackend:
     def generate(self, request: InferenceRequest) -> InferenceResult:
         """Run ``request``: template, tokenize, generate with the token clock; exact counts and real times."""
         started_ns = time.time_ns()
+        gpu.enable_request_hooks()  # a model moved to CUDA after the load: requests after this one are enriched
         with self._lock:
             return self._generate(self._require(), request, started_ns)
 

@@ -2,10 +2,10 @@
 
 Its hooks (``llamatelemetry_request_start`` and ``llamatelemetry_request_end``, on ``REQUEST_HOOKS``)
 are registered by ``enable_request_hooks`` once CUDA is in use in this process: at telemetry
-start, when ``TransformersBackend`` has loaded its model, and before an instrumented ``generate``
-runs. Until then no request pays a hook call for it. On a recording span it puts on the request
-span the current device's allocated, reserved and peak bytes at the start, at the end, and the
-difference. It never imports torch and never starts CUDA.
+start, when ``TransformersBackend`` has loaded its model or runs a request, and before an
+instrumented ``generate`` runs. Until then no request pays a hook call for it. On a recording
+span it puts on the request span the current device's allocated, reserved and peak bytes at the
+start, at the end, and the difference. It never imports torch and never starts CUDA.
 
 The peak is ``torch.cuda.max_memory_allocated``, which ``TransformersBackend`` resets at the start
 of each request: ``peak.after`` is then the request's own peak, and ``peak.delta`` is how far the
@@ -109,7 +109,8 @@ def on_request_end(span: Span) -> None:
         names.CUDA_RESERVED_AFTER: after.reserved,
         names.CUDA_PEAK_AFTER: after.peak,
     }
-    # CUDA initialized during the request (the first generate on a GPU): "after" figures only.
+    # No figures from the start (CUDA first used during the request, or the start seen on another device):
+    # the "after" figures only.
     if before is not None and before.device == after.device:
         attributes.update({
             names.CUDA_ALLOCATED_DELTA: after.allocated - before.allocated,
@@ -145,14 +146,24 @@ _registration_lock: Final = threading.Lock()
 def enable_request_hooks() -> bool:
     """Register ``REQUEST_HOOKS`` with the plugin manager once CUDA is in use; whether they are registered.
 
-    Cheap when called per generation: a ``sys.modules`` look-up and a flag check until CUDA starts,
-    a registry check after. They stay registered for the process's life (CUDA does too).
+    Called at telemetry start, when ``TransformersBackend`` has loaded its model or runs a request,
+    and before an instrumented ``generate`` runs; call it yourself after putting CUDA to use by
+    other means (your own torch code recorded with ``start_generation``). The request that first
+    registers them is not enriched; those after it are. Nothing is registered while the plugin
+    itself is kept out (``LLAMATELEMETRY_DISABLE_PLUGINS``, ``LLAMATELEMETRY_PLUGINS``). Cheap
+    enough per generation: a ``sys.modules`` look-up and a flag check until CUDA starts, a
+    registry check after. They stay registered for the process's life (CUDA does too).
     """
     if cuda_in_use() is None:
         return False
     manager = get_plugin_manager()
     if manager.is_registered(REQUEST_HOOKS):
         return True
+    from llamatelemetry_transformers import plugin
+
+    manager.ensure_loaded()
+    if not manager.is_registered(plugin):
+        return False  # the plugin is blocked, not allowed or failed: its hooks stay out too
     with _registration_lock:
         if not manager.is_registered(REQUEST_HOOKS):
             manager.register(REQUEST_HOOKS, name=_REQUEST_HOOKS_NAME)

@@ -188,7 +188,7 @@ class Generation:
     def __init__(self, span: Span, *, operation: str, kind: str, stream: bool, server_side: bool,
                  metric_attributes: dict[str, Any], capture: CaptureMode, request: InferenceRequest | None,
                  input_messages: Sequence[Mapping[str, Any]] | None, started: float, hooks: bool = False,
-                 wants_result: bool = False, compat: frozenset[str] = frozenset()) -> None:
+                 wants_result: bool = False, compat: frozenset[str] | None = None) -> None:
         #: The generation's span (make child spans under it with ``use()``).
         self.span = span
         self.operation = operation
@@ -207,7 +207,8 @@ class Generation:
         self._hooks = hooks
         self._wants_result = wants_result
         self._input_messages = input_messages
-        #: The semantic-convention compatibility copies asked for (``init(semconv_compat=...)``).
+        #: The semantic-convention compatibility copies asked for (``init(semconv_compat=...)``); ``None``:
+        #: read from the running telemetry when the span ends.
         self._compat = compat
         self._ended = False
         self._scopes: list[_Current] = []
