@@ -188,6 +188,25 @@ def test_one_rank_spans_from_the_environment_no_bus_bandwidth_and_counted_drops(
         assert "llamatelemetry.collective.busbw" not in attributes  # no bus factor for one rank
 
 
+def test_a_collective_that_fails_to_launch_has_the_core_error_type(one_rank_group: Any) -> None:
+    """error.type is the core's value (``TypeError``, as on every other span), the span's status ERROR."""
+    from opentelemetry.trace import StatusCode
+
+    from llamatelemetry.testing import InMemoryTelemetry
+
+    dist = one_rank_group
+    with InMemoryTelemetry() as telemetry:
+        instrumentor = TorchDistributedInstrumentor(spans="all", arrival_every=0)
+        assert instrumentor.instrument()
+        with pytest.raises(TypeError):
+            dist.group.WORLD.allreduce("not a tensor")  # the process group's own method raises at launch
+        assert instrumentor.flush(10.0)
+        instrumentor.uninstrument()
+        (span,) = telemetry.spans()
+    assert span.name == "all_reduce" and span.status.status_code is StatusCode.ERROR
+    assert (span.attributes or {})["error.type"] == "TypeError"
+
+
 class FakeNCCLProcessGroup:
     """A FAKE of ProcessGroupNCCL's Python surface (no GPU or NCCL here): the timing switch, the completion hook
     (one per group, refused before timing is on, as ProcessGroupNCCL does) and the collective sequence number."""

@@ -16,6 +16,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from llamatelemetry.decorators import error_type
+
 #: method -> (op, index of the argument whose size counts, index of the reduce-op/root/peer argument, p2p).
 #: The size argument is one rank's buffer (all_gather: the input chunk; reduce_scatter: the output chunk).
 METHODS: dict[str, tuple[str, int | None, int | None, bool]] = {
@@ -126,7 +128,7 @@ class PendingOp:
         try:
             future.value()
         except Exception as exc:  # a failed collective: the processor puts error.type on its span
-            self.error = f"{type(exc).__module__}.{type(exc).__qualname__}"
+            self.error = error_type(exc)
 
 
 def sizes(value: Any, tensor_type: Any) -> tuple[int, int, Any]:
@@ -200,7 +202,7 @@ class Run:
         seq = self.seqs.get(pg, 0) + 1
         self.seqs[pg] = seq
         self.issued += 1
-        error = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        error = error_type(exc)
         self.ring.append([op, pg, 0, 0, None, None, t0, seq, self.step, _get_ident(), None, _time_ns(), False, None,
                           error])
         self.ring_doorbell()

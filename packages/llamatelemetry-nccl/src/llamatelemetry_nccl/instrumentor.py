@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from llamatelemetry.decorators import error_type
 from llamatelemetry_nccl import __version__
 from llamatelemetry_nccl import semconv as names
 from llamatelemetry_nccl.errors import SpansModeError
@@ -305,7 +306,7 @@ class TorchDistributedInstrumentor:
             if span is not None:
                 from opentelemetry.trace import Status, StatusCode
 
-                span.set_attribute(names.ERROR_TYPE, f"{type(exc).__module__}.{type(exc).__qualname__}")
+                span.set_attribute(names.ERROR_TYPE, error_type(exc))
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
             raise
         finally:

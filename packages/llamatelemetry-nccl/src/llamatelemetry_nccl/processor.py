@@ -22,6 +22,7 @@ from typing import Any
 
 import attrs
 
+from llamatelemetry.decorators import error_type
 from llamatelemetry_nccl import semconv as names
 from llamatelemetry_nccl.bandwidth import bandwidths, collective_bytes, size_bucket
 from llamatelemetry_nccl.hotpath import (
@@ -145,11 +146,6 @@ def reduce_op_name(aux: Any) -> str | None:
         text = str(op)
         name = text.rsplit(".", 1)[-1] if "." in text else None
     return name.lower() if isinstance(name, str) and name.isupper() else None
-
-
-def error_name(exc: BaseException) -> str:
-    """``error.type``: the fully qualified exception class."""
-    return f"{type(exc).__module__}.{type(exc).__qualname__}"
 
 
 class Processor(threading.Thread):
@@ -403,7 +399,7 @@ class Processor(threading.Thread):
                 return
         except Exception as exc:
             record.t_done = time.time_ns()
-            record.error = error_name(exc)
+            record.error = error_type(exc)
             return
         # Only our two references left (the record's and the waiting map's): the application dropped a Work
         # that reports no completion (gloo's reduce_scatter) without waiting; all we know is its launch.
