@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
 from fuzzing import TEST_TIMEOUT_S, examples, json_values, mutated
+from http_stand_in import serving
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -167,22 +167,15 @@ _SEPARATED = ["line\u2028separator", " next\u0085line", " done"]
 
 def test_the_client_keeps_unicode_line_separators_inside_tokens() -> None:
     """The client splits SSE lines at CR/LF only: a token with U+2028 is not a broken stream."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _LineSeparatorServer)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
     messages = [{"role": "user", "content": "hi"}]
 
-    async def read_async() -> str:
+    async def read_async(url: str) -> str:
         async with AsyncLlamaCppClient(url, retries=0) as client:
             stream = await client.chat.create(messages=messages, stream=True)
             return "".join([chunk.delta_text async for chunk in stream])
 
-    try:
+    with serving(_LineSeparatorServer) as url:
         with LlamaCppClient(url, retries=0) as client:
             assert "".join(c.delta_text for c in client.chat.create(messages=messages, stream=True)) == \
                 "".join(_SEPARATED)
-        assert asyncio.run(read_async()) == "".join(_SEPARATED)
-    finally:
-        server.shutdown()
-        server.server_close()
+        assert asyncio.run(read_async(url)) == "".join(_SEPARATED)

@@ -17,11 +17,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
+from http_stand_in import serving
 
 from llamatelemetry import errors as core_errors
 from llamatelemetry.semconv import gen_ai
@@ -294,14 +295,8 @@ class _StandInHandler(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def stand_in() -> Iterator[str]:
     """The stand-in server's base URL (without a scenario)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandInHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_StandInHandler) as url:
+        yield url
 
 
 @pytest.mark.parametrize(("scenario", "error_class", "fragment", "chunks"), [

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
+from http_stand_in import serving
 
 from llamatelemetry.errors import BackendNotStartedError, BackendStartError, ContextOverflowError
 from llamatelemetry.inference.base import InferenceRequest, InferenceResult, LLMBackend
@@ -284,14 +284,8 @@ class _OldServerHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def old_server() -> Iterator[str]:
     """The stand-in's base URL (append a scenario)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _OldServerHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_OldServerHandler) as url:
+        yield url
 
 
 def test_a_server_that_does_not_say_still_starts(old_server: str, caplog: pytest.LogCaptureFixture) -> None:
