@@ -616,6 +616,8 @@ class RotelCollector:
         self._finalizer: weakref.finalize[[subprocess.Popen[bytes], float], RotelCollector] | None = None
         self._grpc_port: int | None = None
         self._http_port: int | None = None
+        # The ports the next start must take (restart_on_same_ports), else fresh ones.
+        self._fixed_ports: tuple[int, int] | None = None
         # Pid of the last stopped process, so callers can verify it is really gone.
         self.last_pid: int | None = None
         self._instance = f"rotel-{os.getpid()}-{id(self):x}"
@@ -703,11 +705,14 @@ class RotelCollector:
         return env
 
     def _spawn(self, binary: pathlib.Path) -> None:
-        """Start one agent process on fresh ports and wait for both receivers."""
-        grpc_port = _free_port()
-        http_port = _free_port()
-        while http_port == grpc_port:
+        """Start one agent process on fresh ports (or the fixed ones) and wait for both receivers."""
+        if self._fixed_ports is not None:
+            grpc_port, http_port = self._fixed_ports
+        else:
+            grpc_port = _free_port()
             http_port = _free_port()
+            while http_port == grpc_port:
+                http_port = _free_port()
         self.workdir.mkdir(parents=True, exist_ok=True)
         # A real file, never a PIPE: nothing reads a pipe during the test and a full one blocks rotel.
         # Truncated per attempt so a retry's error check never sees the previous attempt's output.
@@ -765,6 +770,14 @@ class RotelCollector:
             except BaseException:
                 self.stop()
                 raise
+
+    def restart_on_same_ports(self) -> None:
+        """Start the stopped agent again on the ports of its last run: an exporter keeps its endpoint."""
+        self._fixed_ports = (self.grpc_port, self.http_port)
+        try:
+            self.start()
+        finally:
+            self._fixed_ports = None
 
     def stop(self) -> None:
         """Terminate the agent (SIGKILL after stop_timeout) and reap it; idempotent."""

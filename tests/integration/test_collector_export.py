@@ -48,14 +48,6 @@ class WordBackend:
                                request_id=request.request_id)
 
 
-@pytest.fixture
-def collector(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
-    if otlp_sink.rotel_binary() is None:
-        pytest.skip("rotel not installed (pip install rotel)")
-    with otlp_sink.running_collector(tmp_path) as pair:
-        yield pair
-
-
 def _request(text: str = "the quick brown fox jumps", **kwargs: Any) -> InferenceRequest:
     return InferenceRequest(messages=[{"role": "user", "content": text}], max_tokens=3,
                             sampling=SamplingParams(temperature=0.0, top_k=20, seed=7), **kwargs)
@@ -103,8 +95,8 @@ def _assert_metrics(sink: Any) -> None:
     assert by_type == {"input": 5, "output": 3}
 
 
-def test_grpc_export_through_a_real_collector(collector: tuple[Any, Any]) -> None:
-    rotel, sink = collector
+def test_grpc_export_through_a_real_collector(otlp_collector: tuple[Any, Any]) -> None:
+    rotel, sink = otlp_collector
     llamatelemetry.init(service_name="grpc-test", otlp_endpoint=rotel.grpc_endpoint, service_version="9.9")
     result = _run_workload()
     llamatelemetry.shutdown()  # flushes: no force_flush needed
@@ -119,9 +111,9 @@ def test_grpc_export_through_a_real_collector(collector: tuple[Any, Any]) -> Non
     _assert_metrics(sink)
 
 
-def test_http_export_configured_by_otel_variables(collector: tuple[Any, Any],
+def test_http_export_configured_by_otel_variables(otlp_collector: tuple[Any, Any],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    rotel, sink = collector
+    rotel, sink = otlp_collector
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rotel.http_endpoint)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=acme")
@@ -153,8 +145,8 @@ def test_traces_and_metrics_go_to_their_own_endpoints(tmp_path: Path) -> None:
         assert not metrics_sink.spans(), "spans must not reach the metrics endpoint"
 
 
-def test_errors_and_in_process_server_metrics_arrive(collector: tuple[Any, Any]) -> None:
-    rotel, sink = collector
+def test_errors_and_in_process_server_metrics_arrive(otlp_collector: tuple[Any, Any]) -> None:
+    rotel, sink = otlp_collector
 
     class InProcess(WordBackend):
         span_kind = "internal"
@@ -179,8 +171,8 @@ def test_errors_and_in_process_server_metrics_arrive(collector: tuple[Any, Any])
     assert any(p.attributes.get(gen_ai.ERROR_TYPE) == "ConnectionRefusedError" for p in durations)
 
 
-def test_streaming_generator_span_arrives_after_the_stream_ends(collector: tuple[Any, Any]) -> None:
-    rotel, sink = collector
+def test_streaming_generator_span_arrives_after_the_stream_ends(otlp_collector: tuple[Any, Any]) -> None:
+    rotel, sink = otlp_collector
     llamatelemetry.init(service_name="stream", otlp_endpoint=rotel.grpc_endpoint)
 
     @llamatelemetry.trace(name="stream tokens")

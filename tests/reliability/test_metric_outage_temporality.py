@@ -9,8 +9,6 @@ each dropped collection's increment is lost for good (and counted).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,26 +27,10 @@ NAME = "test.outage.requests"
 POLICY = RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.2, timeout_s=2.0)
 
 
-@pytest.fixture
-def collector(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
-    if otlp_sink.rotel_binary() is None:
-        pytest.skip("rotel not installed (pip install rotel)")
-    with otlp_sink.running_collector(tmp_path) as pair:
-        yield pair
-
-
-def _restart_on_the_same_ports(rotel: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    # RotelCollector picks fresh ports on start; the exporter keeps its endpoint, so reuse the old ones.
-    ports = iter([rotel.grpc_port, rotel.http_port])
-    with monkeypatch.context() as patch:
-        patch.setattr(otlp_sink, "_free_port", lambda: next(ports))
-        rotel.start()
-
-
 @pytest.mark.parametrize("temporality", ["cumulative", "delta"])
 def test_beyond_the_buffer_cumulative_keeps_the_total_and_delta_loses_the_dropped_increments(
-        collector: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch, temporality: str) -> None:
-    rotel, sink = collector
+        otlp_collector: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch, temporality: str) -> None:
+    rotel, sink = otlp_collector
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", temporality)
     stats = ExportStats()
     exporter = RetryingMetricExporter(
@@ -65,7 +47,7 @@ def test_beyond_the_buffer_cumulative_keeps_the_total_and_delta_loses_the_droppe
             counter.add(1)
             reader.force_flush(2_000)  # returns at the first failed send; the buffer keeps the collection
         assert stats.failed > 0 and stats.dropped > 0, stats
-        _restart_on_the_same_ports(rotel, monkeypatch)
+        rotel.restart_on_same_ports()
         deadline = time.monotonic() + 20
         while exporter.buffer.buffered and time.monotonic() < deadline:
             time.sleep(0.05)

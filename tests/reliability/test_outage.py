@@ -33,27 +33,11 @@ REQUEST = InferenceRequest(messages=[{"role": "user", "content": "hello"}], max_
 
 
 @pytest.fixture
-def collector(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
-    if otlp_sink.rotel_binary() is None:
-        pytest.skip("rotel not installed (pip install rotel)")
-    with otlp_sink.running_collector(tmp_path) as pair:
-        yield pair
-
-
-@pytest.fixture
 def engine(tiny_gguf: Path) -> Iterator[InferenceEngine]:
     from llamatelemetry_llamacpp.backend import LlamaCppBackend
 
     with InferenceEngine(LlamaCppBackend(tiny_gguf, n_ctx=128, n_threads=1)) as started:
         yield started
-
-
-def _restart_on_the_same_ports(rotel: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    # RotelCollector picks fresh ports on start; the application keeps its endpoint, so reuse the old ones.
-    ports = iter([rotel.grpc_port, rotel.http_port])
-    with monkeypatch.context() as patch:
-        patch.setattr(otlp_sink, "_free_port", lambda: next(ports))
-        rotel.start()
 
 
 def _generate_for(engine: InferenceEngine, seconds: float, rate_per_s: float = 50.0) -> list[float]:
@@ -81,9 +65,9 @@ def _ours(points: list[Any]) -> list[Any]:
 
 
 def test_a_collector_restart_loses_no_span_and_no_metric_point(
-    collector: tuple[Any, Any], engine: InferenceEngine, monkeypatch: pytest.MonkeyPatch
+    otlp_collector: tuple[Any, Any], engine: InferenceEngine
 ) -> None:
-    rotel, sink = collector
+    rotel, sink = otlp_collector
     seen = InMemorySpanExporter()
     telemetry = _init(rotel, seen)
 
@@ -92,7 +76,7 @@ def test_a_collector_restart_loses_no_span_and_no_metric_point(
     gap_start = time.time_ns()
     down = _generate_for(engine, 3.0)
     gap_end = time.time_ns()
-    _restart_on_the_same_ports(rotel, monkeypatch)
+    rotel.restart_on_same_ports()
     _generate_for(engine, 0.5)
     llamatelemetry.shutdown()  # delivers what is left (deadline 15 s here) and makes the counts final
 
@@ -126,9 +110,9 @@ def test_a_collector_restart_loses_no_span_and_no_metric_point(
 
 
 def test_beyond_the_buffer_the_oldest_spans_are_dropped_counted_and_the_count_exported(
-    collector: tuple[Any, Any], engine: InferenceEngine, monkeypatch: pytest.MonkeyPatch
+    otlp_collector: tuple[Any, Any], engine: InferenceEngine
 ) -> None:
-    rotel, sink = collector
+    rotel, sink = otlp_collector
     seen = InMemorySpanExporter()
     telemetry = _init(rotel, seen, export_buffer_size=60)
     rotel.stop()
@@ -143,7 +127,7 @@ def test_beyond_the_buffer_the_oldest_spans_are_dropped_counted_and_the_count_ex
     assert time.monotonic() - started < 5, "a flush does not wait out an outage (the buffer keeps retrying)"
     assert stats.dropped_by_reason.get("buffer_full") == expected_drops, stats
 
-    _restart_on_the_same_ports(rotel, monkeypatch)
+    rotel.restart_on_same_ports()
     llamatelemetry.shutdown()
     assert (stats.exported, stats.dropped, stats.undelivered) == (60, expected_drops, 0), stats
 
@@ -160,10 +144,10 @@ def test_beyond_the_buffer_the_oldest_spans_are_dropped_counted_and_the_count_ex
 
 
 def test_the_default_buffer_holds_what_a_60_s_outage_at_50_spans_per_second_makes(
-    collector: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+    otlp_collector: tuple[Any, Any]
 ) -> None:
     """3,000 spans made while the collector is down (60 s at 50/s, made faster here) all arrive, once."""
-    rotel, sink = collector
+    rotel, sink = otlp_collector
     seen = InMemorySpanExporter()
     telemetry = _init(rotel, seen)  # the default export_buffer_size
     rotel.stop()
@@ -174,7 +158,7 @@ def test_the_default_buffer_holds_what_a_60_s_outage_at_50_spans_per_second_make
             time.sleep(0.2)  # let the export thread try (and fail) along the way, as in a real outage
     time.sleep(1.0)
     assert telemetry.export_stats.failed > 0, "the outage really made exports fail"
-    _restart_on_the_same_ports(rotel, monkeypatch)
+    rotel.restart_on_same_ports()
     llamatelemetry.shutdown()
     stats = telemetry.export_stats
     made = {format(s.context.span_id, "016x") for s in seen.get_finished_spans()}
